@@ -1,1 +1,446 @@
-fn main() {}
+//! `mend`: the command line. Data goes to stdout (JSON with `--json`); progress, warnings and
+//! errors go to stderr.
+//!
+//! Exit codes: 0 success; 1 a process left messages in the trash, or a runtime failure;
+//! 2 usage, validation or bad input.
+
+mod report;
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, anyhow};
+use clap::{Args, Parser, Subcommand};
+use mend_core::ids::ProcessId;
+use mend_core::load::load_dir;
+use mend_core::topology::Catalog;
+use mend_engine::{Engine, EngineConfig};
+use mend_store::{ProcessReport, ProcessStore};
+use mend_store_sqlite::SqliteStore;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(
+    name = "mend",
+    version,
+    about = "An integration engine for self-correcting integrations"
+)]
+struct Cli {
+    /// The SQLite store file.
+    #[arg(long, global = true, env = "MEND_STORE", default_value = "mend.db")]
+    store: PathBuf,
+    /// Directory of topology files (*.yaml).
+    #[arg(
+        long,
+        global = true,
+        env = "MEND_TOPOLOGIES",
+        default_value = "topologies"
+    )]
+    topologies: PathBuf,
+    /// Log format on stderr: `text` or `json`. Levels come from RUST_LOG (default: warn; info
+    /// for `serve`).
+    #[arg(long, global = true, default_value = "text")]
+    log_format: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check topology files and print every error with file, line and field.
+    Validate {
+        /// Directory to check (default: --topologies).
+        dir: Option<PathBuf>,
+    },
+    /// Send a start event and work the process (embedded), or send it to a server.
+    Run(RunArgs),
+    /// Run the engine continuously (cron events fire) with the HTTP API.
+    Serve(ServeArgs),
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// The topology to start.
+    topology: String,
+    /// The start event.
+    #[arg(long, default_value = "run")]
+    event: String,
+    /// The start message's payload, as JSON.
+    #[arg(long)]
+    data: Option<String>,
+    /// Show progress while the process runs, then its report.
+    #[arg(long)]
+    wait: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Send the event to a running `mend serve` instead of working it here.
+    #[arg(long)]
+    server: Option<String>,
+    #[command(flatten)]
+    engine: EngineArgs,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    #[arg(long, default_value = "127.0.0.1:7878")]
+    listen: SocketAddr,
+    #[command(flatten)]
+    engine: EngineArgs,
+}
+
+#[derive(Args, Clone)]
+struct EngineArgs {
+    /// Messages worked on at once.
+    #[arg(long, default_value_t = 32)]
+    workers: u32,
+    /// How long a claim holds without renewal (a crashed engine's messages return after it).
+    #[arg(long, default_value = "30s")]
+    lease: mend_core::duration::Dur,
+}
+
+/// A failure with the exit code it maps to.
+struct Failure {
+    code: u8,
+    error: anyhow::Error,
+}
+
+fn usage(error: impl Into<anyhow::Error>) -> Failure {
+    Failure {
+        code: 2,
+        error: error.into(),
+    }
+}
+
+fn runtime(error: impl Into<anyhow::Error>) -> Failure {
+    Failure {
+        code: 1,
+        error: error.into(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logs(&cli);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(dispatch(cli)) {
+        Ok(code) => ExitCode::from(code),
+        Err(f) => {
+            eprintln!("error: {:#}", f.error);
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+fn init_logs(cli: &Cli) {
+    use tracing_subscriber::EnvFilter;
+    let default = if matches!(cli.command, Command::Serve(_)) {
+        "info"
+    } else {
+        "warn"
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none());
+    if cli.log_format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn dispatch(cli: Cli) -> Result<u8, Failure> {
+    match cli.command {
+        Command::Validate { ref dir } => validate(dir.as_deref().unwrap_or(&cli.topologies)),
+        Command::Run(ref args) if args.server.is_some() => run_remote(args).await,
+        Command::Run(ref args) => run_embedded(&cli, args).await,
+        Command::Serve(ref args) => serve(&cli, args).await,
+    }
+}
+
+fn load(dir: &Path) -> Result<Catalog, Failure> {
+    load_dir(dir).map_err(|errors| {
+        let n = errors.0.len();
+        usage(anyhow!(
+            "{errors}\n{n} error{} in {}",
+            if n == 1 { "" } else { "s" },
+            dir.display()
+        ))
+    })
+}
+
+fn validate(dir: &Path) -> Result<u8, Failure> {
+    let catalog = load(dir)?;
+    for t in catalog.topologies.values() {
+        println!(
+            "ok  {} (version {}, {} nodes, events: {})",
+            t.name,
+            t.version,
+            t.nodes.len(),
+            t.events.keys().cloned().collect::<Vec<_>>().join(", ")
+        );
+    }
+    Ok(0)
+}
+
+fn parse_data(data: Option<&str>) -> Result<Value, Failure> {
+    match data {
+        None => Ok(Value::Object(Default::default())),
+        Some(text) => {
+            serde_json::from_str(text).map_err(|e| usage(anyhow!("--data is not valid JSON: {e}")))
+        }
+    }
+}
+
+fn engine_config(args: &EngineArgs, cron: bool) -> EngineConfig {
+    EngineConfig {
+        workers: args.workers,
+        lease: args.lease.0,
+        cron,
+        ..EngineConfig::default()
+    }
+}
+
+async fn open_engine(
+    cli: &Cli,
+    args: &EngineArgs,
+    cron: bool,
+) -> Result<Engine<SqliteStore>, Failure> {
+    let catalog = Arc::new(load(&cli.topologies)?);
+    let store = SqliteStore::open(&cli.store)
+        .with_context(|| format!("cannot open the store {}", cli.store.display()))
+        .map_err(runtime)?;
+    Engine::new(store, catalog, engine_config(args, cron))
+        .await
+        .map_err(|e| match e {
+            mend_engine::EngineError::Config(_) => usage(e),
+            other => runtime(other),
+        })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+async fn run_embedded(cli: &Cli, args: &RunArgs) -> Result<u8, Failure> {
+    let payload = parse_data(args.data.as_deref())?;
+    let engine = open_engine(cli, &args.engine, false).await?;
+    let id = engine
+        .start(&args.topology, &args.event, payload, Default::default())
+        .await
+        .map_err(|e| match e {
+            mend_engine::StartError::Store(_) => runtime(e),
+            other => usage(other),
+        })?;
+    eprintln!("process {id} started ({}/{})", args.topology, args.event);
+    let token = CancellationToken::new();
+    let worker = {
+        let engine = engine.clone();
+        let token = token.clone();
+        tokio::spawn(async move { engine.run(token).await })
+    };
+    let outcome = tokio::select! {
+        r = follow(engine.store(), id, args.wait && !args.json) => r,
+        _ = shutdown_signal() => Err(runtime(anyhow!("interrupted; process {id} is kept in the store and continues at the next `mend run` or `mend serve`"))),
+    };
+    token.cancel();
+    match worker.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(runtime(e)),
+        Err(e) => return Err(runtime(anyhow!("the engine task failed: {e}"))),
+    }
+    let report = outcome?;
+    finish(&report, args)
+}
+
+fn finish(report: &ProcessReport, args: &RunArgs) -> Result<u8, Failure> {
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&mend_server::report_json(report)).unwrap_or_default()
+        );
+    } else if args.wait {
+        print!("{}", report::human(report));
+    } else {
+        println!("{}", report::summary(report));
+    }
+    Ok(if report.messages.trash > 0 { 1 } else { 0 })
+}
+
+/// Waits for the process to finish, showing progress on stderr when asked.
+async fn follow(
+    store: &SqliteStore,
+    id: ProcessId,
+    progress: bool,
+) -> Result<ProcessReport, Failure> {
+    let mut view = report::Progress::new(progress);
+    loop {
+        let report = store
+            .process_report(id)
+            .await
+            .map_err(runtime)?
+            .ok_or_else(|| runtime(anyhow!("process {id} vanished from the store")))?;
+        view.update(&report);
+        if report.is_done() && descendants_done(store, &report).await? {
+            view.finish();
+            return Ok(report);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Whether every process started (directly or not) by `root` is done: RUN waits for all the
+/// work it caused, not only for its own messages.
+async fn descendants_done(store: &SqliteStore, root: &ProcessReport) -> Result<bool, Failure> {
+    let mut pending: Vec<ProcessId> = root.children.clone();
+    while let Some(id) = pending.pop() {
+        match store.process_report(id).await.map_err(runtime)? {
+            Some(r) if r.is_done() => pending.extend(r.children),
+            _ => return Ok(false),
+        }
+    }
+    Ok(true)
+}
+
+async fn run_remote(args: &RunArgs) -> Result<u8, Failure> {
+    let payload = parse_data(args.data.as_deref())?;
+    let base = args
+        .server
+        .as_deref()
+        .unwrap_or_default()
+        .trim_end_matches('/')
+        .to_owned();
+    let client = reqwest::Client::new();
+    let url = format!(
+        "{base}/api/topologies/{}/events/{}",
+        args.topology, args.event
+    );
+    let resp = client
+        .post(&url)
+        .header("content-type", "application/json")
+        .body(payload.to_string())
+        .send()
+        .await
+        .with_context(|| format!("cannot reach the server at {base}"))
+        .map_err(runtime)?;
+    let status = resp.status();
+    let body: Value = resp
+        .bytes()
+        .await
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or(Value::Null);
+    if !status.is_success() {
+        let msg = body
+            .get("error")
+            .and_then(Value::as_str)
+            .unwrap_or("no message");
+        let f = if status.is_client_error() {
+            usage(anyhow!("{status}: {msg}"))
+        } else {
+            runtime(anyhow!("{status}: {msg}"))
+        };
+        return Err(f);
+    }
+    let id: ProcessId = body
+        .get("process_id")
+        .and_then(Value::as_str)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| runtime(anyhow!("the server answered without a process id: {body}")))?;
+    eprintln!("process {id} started on {base}");
+    if !args.wait {
+        println!("{id}");
+        return Ok(0);
+    }
+    let mut view = report::Progress::new(!args.json);
+    let started = Instant::now();
+    loop {
+        let resp = client
+            .get(format!("{base}/api/processes/{id}"))
+            .send()
+            .await
+            .map_err(|e| runtime(anyhow!("lost the server at {base}: {e}")))?;
+        let bytes = resp.bytes().await.map_err(runtime)?;
+        let value: Value = serde_json::from_slice(&bytes)
+            .map_err(|e| runtime(anyhow!("unexpected answer from the server: {e}")))?;
+        let report: ProcessReport = serde_json::from_value(value)
+            .map_err(|e| runtime(anyhow!("unexpected report from the server: {e}")))?;
+        view.update(&report);
+        if report.is_done() {
+            view.finish();
+            tracing::debug!(
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "remote process done"
+            );
+            return finish(&report, args);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn serve(cli: &Cli, args: &ServeArgs) -> Result<u8, Failure> {
+    if !args.listen.ip().is_loopback() {
+        return Err(usage(anyhow!(
+            "refusing to listen on {} without API authentication; the API token arrives with the operator API, until then listen on 127.0.0.1",
+            args.listen
+        )));
+    }
+    let engine = open_engine(cli, &args.engine, true).await?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))
+        .map_err(runtime)?;
+    let addr = listener.local_addr().map_err(runtime)?;
+    tracing::info!(%addr, store = %cli.store.display(), topologies = engine.catalog().topologies.len(), "mend serve listening");
+    eprintln!("mend serve: listening on http://{addr}");
+    let token = CancellationToken::new();
+    let worker = {
+        let engine = engine.clone();
+        let token = token.clone();
+        tokio::spawn(async move { engine.run(token).await })
+    };
+    let served = mend_server::serve(listener, engine.clone(), shutdown_signal()).await;
+    token.cancel();
+    let engine_result = worker.await;
+    served.context("the HTTP server failed").map_err(runtime)?;
+    match engine_result {
+        Ok(Ok(())) => Ok(0),
+        Ok(Err(e)) => Err(runtime(e)),
+        Err(e) => Err(runtime(anyhow!("the engine task failed: {e}"))),
+    }
+}

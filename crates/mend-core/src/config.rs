@@ -8,8 +8,8 @@
 use std::fmt;
 
 use indexmap::IndexMap;
-use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
+use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde_json::Value;
 pub use serde_saphyr::{Location, Spanned};
 
@@ -106,14 +106,26 @@ impl<'de> Deserialize<'de> for EventDoc {
         impl<'de> Visitor<'de> for V {
             type Value = EventDoc;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a node name, or a map with `node` and optional `cron`, `webhook`, `data`")
+                f.write_str(
+                    "a node name, or a map with `node` and optional `cron`, `webhook`, `data`",
+                )
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<EventDoc, E> {
-                Ok(EventDoc { node: unknown(v.to_owned()), cron: None, webhook: None, data: None })
+                Ok(EventDoc {
+                    node: unknown(v.to_owned()),
+                    cron: None,
+                    webhook: None,
+                    data: None,
+                })
             }
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<EventDoc, A::Error> {
                 let m = EventMap::deserialize(de::value::MapAccessDeserializer::new(map))?;
-                Ok(EventDoc { node: m.node, cron: m.cron, webhook: m.webhook, data: m.data })
+                Ok(EventDoc {
+                    node: m.node,
+                    cron: m.cron,
+                    webhook: m.webhook,
+                    data: m.data,
+                })
             }
         }
         d.deserialize_any(V)
@@ -139,7 +151,8 @@ impl<'de> Deserialize<'de> for NextDoc {
                 Ok(NextDoc::One(v.to_owned()))
             }
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<NextDoc, A::Error> {
-                IndexMap::deserialize(de::value::MapAccessDeserializer::new(map)).map(NextDoc::ByOutcome)
+                IndexMap::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(NextDoc::ByOutcome)
             }
         }
         d.deserialize_any(V)
@@ -310,6 +323,10 @@ impl RetryDoc {
 
 impl Default for RetryDoc {
     fn default() -> Self {
-        Self { attempts: Self::default_attempts(), base: Self::default_base(), max: Self::default_max() }
+        Self {
+            attempts: Self::default_attempts(),
+            base: Self::default_base(),
+            max: Self::default_max(),
+        }
     }
 }

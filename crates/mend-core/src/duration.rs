@@ -31,9 +31,9 @@ impl fmt::Display for Dur {
 impl std::str::FromStr for Dur {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        humantime::parse_duration(s.trim())
-            .map(Dur)
-            .map_err(|e| format!("`{s}` is not a duration ({e}); write it like 250ms, 30s, 10m or 1h"))
+        humantime::parse_duration(s.trim()).map(Dur).map_err(|e| {
+            format!("`{s}` is not a duration ({e}); write it like 250ms, 30s, 10m or 1h")
+        })
     }
 }
 

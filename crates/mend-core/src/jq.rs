@@ -33,7 +33,10 @@ impl PartialEq for Jq {
 impl Jq {
     /// Compiles `source`; `vars` are the global variable names without `$`.
     pub fn compile(source: &str, vars: &[&str]) -> Result<Self, String> {
-        let program = File { code: source, path: () };
+        let program = File {
+            code: source,
+            path: (),
+        };
         let defs = jaq_core::defs()
             .chain(jaq_std::defs())
             .chain(jaq_json::defs());
@@ -46,17 +49,20 @@ impl Jq {
             let mut out = Vec::new();
             for (_, e) in errs {
                 match e {
-                    jaq_core::load::Error::Io(v) => {
-                        out.extend(v.into_iter().map(|(p, m)| format!("cannot load `{p}`: {m}")))
+                    jaq_core::load::Error::Io(v) => out.extend(
+                        v.into_iter()
+                            .map(|(p, m)| format!("cannot load `{p}`: {m}")),
+                    ),
+                    jaq_core::load::Error::Lex(v) => {
+                        out.extend(v.into_iter().map(|(expect, at)| {
+                            format!("expected {} near `{}`", expect.as_str(), snippet(at))
+                        }))
                     }
-                    jaq_core::load::Error::Lex(v) => out.extend(
-                        v.into_iter()
-                            .map(|(expect, at)| format!("expected {} near `{}`", expect.as_str(), snippet(at))),
-                    ),
-                    jaq_core::load::Error::Parse(v) => out.extend(
-                        v.into_iter()
-                            .map(|(expect, at)| format!("expected {} near `{}`", expect.as_str(), snippet(at))),
-                    ),
+                    jaq_core::load::Error::Parse(v) => {
+                        out.extend(v.into_iter().map(|(expect, at)| {
+                            format!("expected {} near `{}`", expect.as_str(), snippet(at))
+                        }))
+                    }
                 }
             }
             format!("jq syntax error: {}", out.join("; "))
@@ -92,7 +98,10 @@ impl Jq {
                 .map_err(|e| format!("cannot pass JSON to jq: {e}"))
         };
         let input = to_val(input)?;
-        let vars = vars.iter().map(|v| to_val(v)).collect::<Result<Vec<_>, _>>()?;
+        let vars = vars
+            .iter()
+            .map(|v| to_val(v))
+            .collect::<Result<Vec<_>, _>>()?;
         let ctx = Ctx::<data::JustLut<Val>>::new(&self.filter.lut, Vars::new(vars));
         let mut out = Vec::new();
         for item in self.filter.id.run((ctx, input)) {
@@ -118,7 +127,11 @@ impl Jq {
 
 fn snippet(at: &str) -> String {
     let s: String = at.chars().take(20).collect();
-    if s.is_empty() { "end of program".to_owned() } else { s }
+    if s.is_empty() {
+        "end of program".to_owned()
+    } else {
+        s
+    }
 }
 
 #[cfg(test)]
@@ -129,7 +142,9 @@ mod tests {
     #[test]
     fn runs_with_variables_and_reports_errors() {
         let jq = Jq::compile("{id: .id, n: ($headers.n | tonumber)}", &["headers"]).unwrap();
-        let out = jq.run(&json!({"id": 3, "x": 1}), &[&json!({"n": "5"})]).unwrap();
+        let out = jq
+            .run(&json!({"id": 3, "x": 1}), &[&json!({"n": "5"})])
+            .unwrap();
         assert_eq!(out, vec![json!({"id": 3, "n": 5})]);
         let many = Jq::compile(".items[]", &[]).unwrap();
         assert_eq!(many.run(&json!({"items": [1, 2]}), &[]).unwrap().len(), 2);
@@ -137,7 +152,10 @@ mod tests {
         assert!(err.starts_with("jq syntax error"), "{err}");
         let err = Jq::compile("$nope", &[]).unwrap_err();
         assert!(err.contains("undefined"), "{err}");
-        let err = Jq::compile("error(\"boom\")", &[]).unwrap().run(&json!(1), &[]).unwrap_err();
+        let err = Jq::compile("error(\"boom\")", &[])
+            .unwrap()
+            .run(&json!(1), &[])
+            .unwrap_err();
         assert!(err.contains("boom"), "{err}");
     }
 

@@ -2,11 +2,11 @@
 //! topology model with its loader and validator.
 
 pub mod clock;
+pub mod config;
 pub mod duration;
 pub mod ids;
 pub mod jq;
+pub mod load;
 pub mod message;
 pub mod template;
-pub mod config;
-pub mod load;
 pub mod topology;

@@ -12,7 +12,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::config::{
-    AuthDoc, EventDoc, HttpDoc, Location, NextDoc, NodeDoc, SplitDoc, Spanned, TopologyDoc,
+    AuthDoc, EventDoc, HttpDoc, Location, NextDoc, NodeDoc, Spanned, SplitDoc, TopologyDoc,
 };
 use crate::jq::Jq;
 use crate::template::{TemplateBuilder, Tpl};
@@ -84,13 +84,14 @@ pub fn load_dir(dir: &Path) -> Result<Catalog, ConfigErrors> {
         .filter_map(Result::ok)
         .map(|e| e.path())
         .filter(|p| {
-            p.is_file()
-                && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
+            p.is_file() && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
         })
         .collect();
     paths.sort();
     if paths.is_empty() {
-        return Err(read_err("no topology files (*.yaml, *.yml) in this directory".into()));
+        return Err(read_err(
+            "no topology files (*.yaml, *.yml) in this directory".into(),
+        ));
     }
     let mut files = Vec::with_capacity(paths.len());
     for p in paths {
@@ -114,7 +115,10 @@ pub fn load_sources(files: Vec<(PathBuf, String)>) -> Result<Catalog, ConfigErro
                 continue;
             }
         };
-        let mut cx = Checker { file: file.clone(), errors: Vec::new() };
+        let mut cx = Checker {
+            file: file.clone(),
+            errors: Vec::new(),
+        };
         let name_loc = doc.name.referenced;
         let compiled = cx.topology(doc, &text);
         errors.append(&mut cx.errors);
@@ -139,7 +143,11 @@ pub fn load_sources(files: Vec<(PathBuf, String)>) -> Result<Catalog, ConfigErro
     // Cross-file checks: every `send` names a topology and a start event that exist.
     for (name, (topology, sends)) in &topologies {
         for s in sends {
-            let target = if s.topology == *name { Some(topology) } else { topologies.get(&s.topology).map(|(t, _)| t) };
+            let target = if s.topology == *name {
+                Some(topology)
+            } else {
+                topologies.get(&s.topology).map(|(t, _)| t)
+            };
             match target {
                 None => errors.push(at(
                     &topology.file,
@@ -168,7 +176,10 @@ pub fn load_sources(files: Vec<(PathBuf, String)>) -> Result<Catalog, ConfigErro
     }
     if errors.is_empty() {
         Ok(Catalog {
-            topologies: topologies.into_iter().map(|(k, (t, _))| (k, Arc::new(t))).collect(),
+            topologies: topologies
+                .into_iter()
+                .map(|(k, (t, _))| (k, Arc::new(t)))
+                .collect(),
         })
     } else {
         Err(ConfigErrors(errors))
@@ -177,7 +188,11 @@ pub fn load_sources(files: Vec<(PathBuf, String)>) -> Result<Catalog, ConfigErro
 
 fn list<'a>(names: impl Iterator<Item = &'a String>) -> String {
     let v: Vec<String> = names.map(|n| format!("`{n}`")).collect();
-    if v.is_empty() { "none".into() } else { v.join(", ") }
+    if v.is_empty() {
+        "none".into()
+    } else {
+        v.join(", ")
+    }
 }
 
 fn at(file: &Path, loc: Location, field: &str, message: String) -> ConfigError {
@@ -201,7 +216,13 @@ fn parse_error(file: &Path, e: &serde_saphyr::Error) -> ConfigError {
         .trim()
         .to_owned();
     let message = strip_place(&message);
-    ConfigError { file: file.to_path_buf(), line: loc.line(), column: loc.column(), field: String::new(), message }
+    ConfigError {
+        file: file.to_path_buf(),
+        line: loc.line(),
+        column: loc.column(),
+        field: String::new(),
+        message,
+    }
 }
 
 /// Drops a trailing " at line X column Y" that the YAML parser appends.
@@ -232,12 +253,17 @@ fn valid_name(s: &str) -> bool {
 }
 
 fn loc_or(s: &Spanned<String>, fallback: Location) -> Location {
-    if s.referenced == Location::UNKNOWN { fallback } else { s.referenced }
+    if s.referenced == Location::UNKNOWN {
+        fallback
+    } else {
+        s.referenced
+    }
 }
 
 impl Checker {
     fn err(&mut self, loc: Location, field: impl AsRef<str>, message: impl Into<String>) {
-        self.errors.push(at(&self.file, loc, field.as_ref(), message.into()));
+        self.errors
+            .push(at(&self.file, loc, field.as_ref(), message.into()));
     }
 
     fn name(&mut self, loc: Location, field: &str, what: &str, name: &str) {
@@ -261,9 +287,16 @@ impl Checker {
             self.name(sdoc.referenced, &field, "system", sname);
             let s = &sdoc.value;
             if s.url.value.trim().is_empty() {
-                self.err(s.url.referenced, format!("{field}.url"), "the base URL is empty");
+                self.err(
+                    s.url.referenced,
+                    format!("{field}.url"),
+                    "the base URL is empty",
+                );
             }
-            let auth = s.auth.as_ref().and_then(|a| self.auth(&a.value, a.referenced, &field));
+            let auth = s
+                .auth
+                .as_ref()
+                .and_then(|a| self.auth(&a.value, a.referenced, &field));
             systems.insert(
                 sname.clone(),
                 System {
@@ -282,20 +315,41 @@ impl Checker {
         for (nname, ndoc) in &doc.nodes {
             let field = format!("nodes.{nname}");
             self.name(ndoc.referenced, &field, "node", nname);
-            let Some(kind) = self.kind(&name, nname, &ndoc.value, ndoc.referenced, &systems, &mut tb, &mut sends)
-            else {
+            let Some(kind) = self.kind(
+                &name,
+                nname,
+                &ndoc.value,
+                ndoc.referenced,
+                &systems,
+                &mut tb,
+                &mut sends,
+            ) else {
                 continue;
             };
             if let Some(0) = ndoc.value.concurrency {
-                self.err(ndoc.referenced, format!("{field}.concurrency"), "concurrency must be at least 1");
+                self.err(
+                    ndoc.referenced,
+                    format!("{field}.concurrency"),
+                    "concurrency must be at least 1",
+                );
             }
             let retry = ndoc.value.retry.unwrap_or_default();
             if retry.attempts == 0 {
-                self.err(ndoc.referenced, format!("{field}.retry.attempts"), "attempts must be at least 1 (the first try counts)");
+                self.err(
+                    ndoc.referenced,
+                    format!("{field}.retry.attempts"),
+                    "attempts must be at least 1 (the first try counts)",
+                );
             }
             nodes.insert(
                 nname.clone(),
-                Node { name: nname.clone(), kind, edges: IndexMap::new(), retry, concurrency: ndoc.value.concurrency },
+                Node {
+                    name: nname.clone(),
+                    kind,
+                    edges: IndexMap::new(),
+                    retry,
+                    concurrency: ndoc.value.concurrency,
+                },
             );
             nexts.push((nname.clone(), ndoc));
         }
@@ -303,7 +357,9 @@ impl Checker {
         // Edges: every outcome named must be one the kind produces, every target must exist.
         let known_nodes: Vec<String> = doc.nodes.keys().cloned().collect();
         for (nname, ndoc) in nexts {
-            let Some(next) = &ndoc.value.next else { continue };
+            let Some(next) = &ndoc.value.next else {
+                continue;
+            };
             let field = format!("nodes.{nname}.next");
             let node = &nodes[&nname];
             let produced = node.kind.outcomes();
@@ -350,7 +406,10 @@ impl Checker {
                     self.err(
                         loc,
                         format!("{field}.{o}"),
-                        format!("unknown node `{target}`; this topology has: {}", list(known_nodes.iter())),
+                        format!(
+                            "unknown node `{target}`; this topology has: {}",
+                            list(known_nodes.iter())
+                        ),
                     );
                 } else {
                     resolved.insert(o, target);
@@ -363,7 +422,11 @@ impl Checker {
 
         let mut events = IndexMap::new();
         if doc.events.is_empty() {
-            self.err(doc.name.referenced, "events", "a topology needs at least one start event, e.g. `events: { run: first-node }`");
+            self.err(
+                doc.name.referenced,
+                "events",
+                "a topology needs at least one start event, e.g. `events: { run: first-node }`",
+            );
         }
         for (ename, edoc) in &doc.events {
             let field = format!("events.{ename}");
@@ -386,7 +449,11 @@ impl Checker {
         }
         let all_compiled = nodes.len() == doc.nodes.len();
         for (nname, ndoc) in &doc.nodes {
-            if all_compiled && !seen.contains(nname.as_str()) && events.len() == doc.events.len() && !events.is_empty() {
+            if all_compiled
+                && !seen.contains(nname.as_str())
+                && events.len() == doc.events.len()
+                && !events.is_empty()
+            {
                 self.err(
                     ndoc.referenced,
                     format!("nodes.{nname}"),
@@ -399,7 +466,11 @@ impl Checker {
         }
         let version = {
             let digest = Sha256::digest(source.as_bytes());
-            digest.iter().take(8).map(|b| format!("{b:02x}")).collect::<String>()
+            digest
+                .iter()
+                .take(8)
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
         };
         let topology = Topology {
             name,
@@ -417,10 +488,23 @@ impl Checker {
 
     fn auth(&mut self, a: &AuthDoc, loc: Location, field: &str) -> Option<Auth> {
         let field = format!("{field}.auth");
-        match (a, &a.bearer_env, &a.header, &a.value_env, &a.basic_user_env, &a.basic_password_env) {
+        match (
+            a,
+            &a.bearer_env,
+            &a.header,
+            &a.value_env,
+            &a.basic_user_env,
+            &a.basic_password_env,
+        ) {
             (_, Some(env), None, None, None, None) => Some(Auth::Bearer { env: env.clone() }),
-            (_, None, Some(name), Some(env), None, None) => Some(Auth::Header { name: name.clone(), env: env.clone() }),
-            (_, None, None, None, Some(u), Some(p)) => Some(Auth::Basic { user_env: u.clone(), password_env: p.clone() }),
+            (_, None, Some(name), Some(env), None, None) => Some(Auth::Header {
+                name: name.clone(),
+                env: env.clone(),
+            }),
+            (_, None, None, None, Some(u), Some(p)) => Some(Auth::Basic {
+                user_env: u.clone(),
+                password_env: p.clone(),
+            }),
             _ => {
                 self.err(loc, field, "use one form: `bearer_env: VAR`, `header: NAME` with `value_env: VAR`, or `basic_user_env` with `basic_password_env`");
                 None
@@ -428,19 +512,41 @@ impl Checker {
         }
     }
 
-    fn event(&mut self, ename: &str, e: &EventDoc, loc: Location, field: &str, nodes: &[String]) -> Option<Event> {
+    fn event(
+        &mut self,
+        ename: &str,
+        e: &EventDoc,
+        loc: Location,
+        field: &str,
+        nodes: &[String],
+    ) -> Option<Event> {
         let node_loc = loc_or(&e.node, loc);
         let mut ok = true;
         if !nodes.contains(&e.node.value) {
-            self.err(node_loc, format!("{field}.node"), format!("unknown node `{}`; this topology has: {}", e.node.value, list(nodes.iter())));
+            self.err(
+                node_loc,
+                format!("{field}.node"),
+                format!(
+                    "unknown node `{}`; this topology has: {}",
+                    e.node.value,
+                    list(nodes.iter())
+                ),
+            );
             ok = false;
         }
         let cron = match &e.cron {
             None => None,
             Some(c) => match croner::Cron::from_str(&c.value) {
-                Ok(schedule) => Some(CronSpec { expression: c.value.clone(), schedule }),
+                Ok(schedule) => Some(CronSpec {
+                    expression: c.value.clone(),
+                    schedule,
+                }),
                 Err(err) => {
-                    self.err(c.referenced, format!("{field}.cron"), format!("`{}` is not a cron schedule: {err}", c.value));
+                    self.err(
+                        c.referenced,
+                        format!("{field}.cron"),
+                        format!("`{}` is not a cron schedule: {err}", c.value),
+                    );
                     ok = false;
                     None
                 }
@@ -449,19 +555,28 @@ impl Checker {
         if let Some(w) = &e.webhook
             && w.token_env.trim().is_empty()
         {
-            self.err(loc, format!("{field}.webhook.token_env"), "name the environment variable that holds the webhook token");
+            self.err(
+                loc,
+                format!("{field}.webhook.token_env"),
+                "name the environment variable that holds the webhook token",
+            );
             ok = false;
         }
         ok.then(|| Event {
             name: ename.to_owned(),
             node: e.node.value.clone(),
             cron,
-            webhook: e.webhook.as_ref().map(|w| Webhook { token_env: w.token_env.clone() }),
+            webhook: e.webhook.as_ref().map(|w| Webhook {
+                token_env: w.token_env.clone(),
+            }),
             data: e.data.clone(),
         })
     }
 
-    #[allow(clippy::too_many_arguments, reason = "one call site; splitting the context would only move the arguments")]
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one call site; splitting the context would only move the arguments"
+    )]
     fn kind(
         &mut self,
         topology: &str,
@@ -485,33 +600,64 @@ impl Checker {
         .collect();
         if given.len() != 1 {
             let msg = if given.is_empty() {
-                "a node needs exactly one kind: one of `http`, `switch`, `split`, `map`, `send`".to_owned()
+                "a node needs exactly one kind: one of `http`, `switch`, `split`, `map`, `send`"
+                    .to_owned()
             } else {
-                format!("a node has exactly one kind, this one has {}", given.join(" and "))
+                format!(
+                    "a node has exactly one kind, this one has {}",
+                    given.join(" and ")
+                )
             };
             self.err(loc, field, msg);
             return None;
         }
         if let Some(h) = &n.http {
-            return self.http(&h.value, h.referenced, &format!("{field}.http"), systems, tb).map(NodeKind::Http);
+            return self
+                .http(
+                    &h.value,
+                    h.referenced,
+                    &format!("{field}.http"),
+                    systems,
+                    tb,
+                )
+                .map(NodeKind::Http);
         }
         if let Some(s) = &n.switch {
             let mut cases = Vec::new();
             for (i, c) in s.value.cases.iter().enumerate() {
                 let f = format!("{field}.switch.cases[{i}].when");
                 match tb.expr(&c.when.value) {
-                    Ok(when) => cases.push(Case { when, outcome: c.outcome.clone() }),
+                    Ok(when) => cases.push(Case {
+                        when,
+                        outcome: c.outcome.clone(),
+                    }),
                     Err(e) => self.err(c.when.referenced, f, format!("template syntax error: {e}")),
                 }
             }
             if s.value.cases.is_empty() {
-                self.err(s.referenced, format!("{field}.switch.cases"), "a switch needs at least one case");
+                self.err(
+                    s.referenced,
+                    format!("{field}.switch.cases"),
+                    "a switch needs at least one case",
+                );
             }
-            let default = s.value.default.clone().unwrap_or_else(|| outcome::DEFAULT.to_owned());
+            let default = s
+                .value
+                .default
+                .clone()
+                .unwrap_or_else(|| outcome::DEFAULT.to_owned());
             return Some(NodeKind::Switch(SwitchSpec { cases, default }));
         }
         if let Some(s) = &n.split {
-            return self.split(&s.value, s.referenced, &format!("{field}.split"), systems, tb).map(NodeKind::Split);
+            return self
+                .split(
+                    &s.value,
+                    s.referenced,
+                    &format!("{field}.split"),
+                    systems,
+                    tb,
+                )
+                .map(NodeKind::Split);
         }
         if let Some(m) = &n.map {
             let program = Jq::compile(&m.value, &MAP_VARS).unwrap_or_else(|e| {
@@ -527,7 +673,11 @@ impl Checker {
             Some(d) => match tb.json(&d.value) {
                 Ok(t) => Some(t),
                 Err(e) => {
-                    self.err(d.referenced, format!("{f}.data"), format!("template syntax error: {e}"));
+                    self.err(
+                        d.referenced,
+                        format!("{f}.data"),
+                        format!("template syntax error: {e}"),
+                    );
                     return None;
                 }
             },
@@ -543,7 +693,11 @@ impl Checker {
             event: s.value.event.value.clone(),
             event_loc: s.value.event.referenced,
         });
-        Some(NodeKind::Send(SendSpec { topology: target, event: s.value.event.value.clone(), data }))
+        Some(NodeKind::Send(SendSpec {
+            topology: target,
+            event: s.value.event.value.clone(),
+            data,
+        }))
     }
 
     fn split(
@@ -561,7 +715,13 @@ impl Checker {
             placeholder_jq()
         });
         let http = match &s.http {
-            Some(h) => Some(self.http(&h.value, h.referenced, &format!("{field}.http"), systems, tb)?),
+            Some(h) => Some(self.http(
+                &h.value,
+                h.referenced,
+                &format!("{field}.http"),
+                systems,
+                tb,
+            )?),
             None => None,
         };
         let paging = match &s.paging {
@@ -582,7 +742,11 @@ impl Checker {
             },
         };
         if !matches!(paging, Paging::None) && http.is_none() {
-            self.err(loc, format!("{field}.paging"), "paging needs `http`: the pages are fetched with it");
+            self.err(
+                loc,
+                format!("{field}.paging"),
+                "paging needs `http`: the pages are fetched with it",
+            );
             return None;
         }
         if s.chunk == Some(0) {
@@ -611,7 +775,11 @@ impl Checker {
             self.err(
                 s.referenced,
                 format!("{field}.system"),
-                format!("unknown system `{}`; this topology has: {}", s.value, list(systems.keys())),
+                format!(
+                    "unknown system `{}`; this topology has: {}",
+                    s.value,
+                    list(systems.keys())
+                ),
             );
         }
         let verbs: Vec<(&str, &Spanned<String>)> = [
@@ -628,8 +796,15 @@ impl Checker {
             ([(m, u)], None, None) => ((*m).to_owned(), *u),
             ([], Some(m), Some(u)) => {
                 let upper = m.value.to_ascii_uppercase();
-                if !matches!(upper.as_str(), "GET" | "POST" | "PUT" | "PATCH" | "DELETE" | "HEAD" | "OPTIONS") {
-                    self.err(m.referenced, format!("{field}.method"), format!("`{}` is not an HTTP method", m.value));
+                if !matches!(
+                    upper.as_str(),
+                    "GET" | "POST" | "PUT" | "PATCH" | "DELETE" | "HEAD" | "OPTIONS"
+                ) {
+                    self.err(
+                        m.referenced,
+                        format!("{field}.method"),
+                        format!("`{}` is not an HTTP method", m.value),
+                    );
                 }
                 (upper, u)
             }
@@ -669,14 +844,24 @@ impl Checker {
         }
         let body = match (&h.body, &h.json) {
             (Some(_), Some(j)) => {
-                self.err(j.referenced, format!("{field}.json"), "give either `body` (text) or `json`, not both");
+                self.err(
+                    j.referenced,
+                    format!("{field}.json"),
+                    "give either `body` (text) or `json`, not both",
+                );
                 Body::None
             }
-            (Some(b), None) => tpl(self, b, format!("{field}.body")).map(Body::Text).unwrap_or(Body::None),
+            (Some(b), None) => tpl(self, b, format!("{field}.body"))
+                .map(Body::Text)
+                .unwrap_or(Body::None),
             (None, Some(j)) => match tb.json(&j.value) {
                 Ok(t) => Body::Json(t),
                 Err(e) => {
-                    self.err(j.referenced, format!("{field}.json"), format!("template syntax error: {e}"));
+                    self.err(
+                        j.referenced,
+                        format!("{field}.json"),
+                        format!("template syntax error: {e}"),
+                    );
                     Body::None
                 }
             },
@@ -688,7 +873,11 @@ impl Checker {
             match StatusPattern::parse(pattern) {
                 Ok(p) => {
                     if !valid_name(&o.value) {
-                        self.err(o.referenced, format!("{field}.outcomes.{pattern}"), format!("`{}` is not a valid outcome name", o.value));
+                        self.err(
+                            o.referenced,
+                            format!("{field}.outcomes.{pattern}"),
+                            format!("`{}` is not a valid outcome name", o.value),
+                        );
                     }
                     rules.push((p, o.value.clone()));
                 }
@@ -719,5 +908,8 @@ fn placeholder_jq() -> Jq {
 
 /// The JSON a start event sends when fired without data.
 pub fn event_default_data(event: &Event) -> Value {
-    event.data.clone().unwrap_or(Value::Object(Default::default()))
+    event
+        .data
+        .clone()
+        .unwrap_or(Value::Object(Default::default()))
 }

@@ -97,7 +97,8 @@ impl TemplateBuilder {
                 "`{expr}` is an expression: write it without {{{{ }}}}, e.g. `payload.price > 100`"
             ));
         }
-        self.add(format!("{{{{ ({expr}) | tojson }}}}")).map(Tpl::Expr)
+        self.add(format!("{{{{ ({expr}) | tojson }}}}"))
+            .map(Tpl::Expr)
     }
 
     /// A JSON template: every string leaf is a text template, or a typed expression when the
@@ -112,16 +113,22 @@ impl TemplateBuilder {
                     && t.matches("}}").count() == 1;
                 if single {
                     let inner = &t[2..t.len() - 2];
-                    JsonTpl::Str(self.add(format!("{{{{ ({inner}) | tojson }}}}")).map(Tpl::Expr)?)
+                    JsonTpl::Str(
+                        self.add(format!("{{{{ ({inner}) | tojson }}}}"))
+                            .map(Tpl::Expr)?,
+                    )
                 } else if has_syntax(s) {
                     JsonTpl::Str(self.text(s)?)
                 } else {
                     JsonTpl::Literal(value.clone())
                 }
             }
-            Value::Array(items) => {
-                JsonTpl::Array(items.iter().map(|v| self.json(v)).collect::<Result<_, _>>()?)
-            }
+            Value::Array(items) => JsonTpl::Array(
+                items
+                    .iter()
+                    .map(|v| self.json(v))
+                    .collect::<Result<_, _>>()?,
+            ),
             Value::Object(map) => JsonTpl::Object(
                 map.iter()
                     .map(|(k, v)| Ok((k.clone(), self.json(v)?)))

@@ -69,9 +69,17 @@ pub struct System {
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Auth {
-    Bearer { env: String },
-    Header { name: String, env: String },
-    Basic { user_env: String, password_env: String },
+    Bearer {
+        env: String,
+    },
+    Header {
+        name: String,
+        env: String,
+    },
+    Basic {
+        user_env: String,
+        password_env: String,
+    },
 }
 
 #[derive(Debug)]
@@ -114,6 +122,7 @@ impl Node {
 pub type RetryPolicy = RetryDoc;
 
 #[derive(Debug)]
+#[expect(clippy::large_enum_variant, reason = "one per node, built once at load; boxing buys nothing")]
 pub enum NodeKind {
     Http(HttpSpec),
     Switch(SwitchSpec),
@@ -217,7 +226,11 @@ impl StatusPattern {
         let s = s.trim();
         let bad = || format!("`{s}` is not a status pattern: write `404`, `4xx` or `400-499`");
         let code = |t: &str| -> Result<u16, String> {
-            t.trim().parse::<u16>().ok().filter(|c| (100..=599).contains(c)).ok_or_else(bad)
+            t.trim()
+                .parse::<u16>()
+                .ok()
+                .filter(|c| (100..=599).contains(c))
+                .ok_or_else(bad)
         };
         if let Some((a, b)) = s.split_once('-') {
             let (low, high) = (code(a)?, code(b)?);
@@ -231,7 +244,10 @@ impl StatusPattern {
             if !(1..=5).contains(&d) {
                 return Err(bad());
             }
-            return Ok(Self { low: d * 100, high: d * 100 + 99 });
+            return Ok(Self {
+                low: d * 100,
+                high: d * 100 + 99,
+            });
         }
         let c = code(s)?;
         Ok(Self { low: c, high: c })
@@ -338,6 +354,12 @@ mod tests {
         assert_eq!(map.outcome(201), "ok");
         assert!(StatusPattern::parse("6xx").is_err());
         assert!(StatusPattern::parse("499-400").is_err());
-        assert_eq!(StatusPattern::parse("400-499").unwrap(), StatusPattern { low: 400, high: 499 });
+        assert_eq!(
+            StatusPattern::parse("400-499").unwrap(),
+            StatusPattern {
+                low: 400,
+                high: 499
+            }
+        );
     }
 }

@@ -6,7 +6,10 @@ use std::path::PathBuf;
 use mend_core::load::{ConfigError, load_sources};
 
 fn errors(files: &[(&str, &str)]) -> Vec<ConfigError> {
-    let files = files.iter().map(|(n, t)| (PathBuf::from(n), (*t).to_owned())).collect();
+    let files = files
+        .iter()
+        .map(|(n, t)| (PathBuf::from(n), (*t).to_owned()))
+        .collect();
     match load_sources(files) {
         Ok(_) => panic!("expected errors"),
         Err(e) => e.0,
@@ -58,9 +61,15 @@ fn unknown_event_node() {
 
 #[test]
 fn unknown_system_reference() {
-    let e = one("shop.yaml", &GOOD.replace("system: target", "system: tagret"));
+    let e = one(
+        "shop.yaml",
+        &GOOD.replace("system: target", "system: tagret"),
+    );
     assert_eq!((e.line, e.field.as_str()), (8, "nodes.list.http.system"));
-    assert!(e.message.contains("unknown system `tagret`") && e.message.contains("`target`"), "{e}");
+    assert!(
+        e.message.contains("unknown system `tagret`") && e.message.contains("`target`"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -75,9 +84,22 @@ nodes:
     let errs = errors(&[("a.yaml", sender), ("b.yaml", b)]);
     assert_eq!(errs.len(), 1, "{errs:#?}");
     assert_eq!((errs[0].line, errs[0].field.as_str()), (5, "nodes.go.send"));
-    assert!(errs[0].message.contains("unknown start event `strat` of topology `b`"), "{}", errs[0]);
-    let errs = errors(&[("a.yaml", &sender.replace("topology: b", "topology: c")), ("b.yaml", b)]);
-    assert!(errs[0].message.contains("unknown topology `c`"), "{}", errs[0]);
+    assert!(
+        errs[0]
+            .message
+            .contains("unknown start event `strat` of topology `b`"),
+        "{}",
+        errs[0]
+    );
+    let errs = errors(&[
+        ("a.yaml", &sender.replace("topology: b", "topology: c")),
+        ("b.yaml", b),
+    ]);
+    assert!(
+        errs[0].message.contains("unknown topology `c`"),
+        "{}",
+        errs[0]
+    );
     assert_eq!(errs[0].file, PathBuf::from("a.yaml"));
 }
 
@@ -97,13 +119,23 @@ fn duplicate_node_names_and_duplicate_topologies() {
     assert!(e.message.to_lowercase().contains("duplicate"), "{e}");
     let errs = errors(&[("one.yaml", GOOD), ("two.yaml", GOOD)]);
     assert_eq!(errs.len(), 1, "{errs:#?}");
-    assert_eq!((errs[0].file.to_str(), errs[0].line, errs[0].field.as_str()), (Some("two.yaml"), 1, "name"));
-    assert!(errs[0].message.contains("already defined in one.yaml"), "{}", errs[0]);
+    assert_eq!(
+        (errs[0].file.to_str(), errs[0].line, errs[0].field.as_str()),
+        (Some("two.yaml"), 1, "name")
+    );
+    assert!(
+        errs[0].message.contains("already defined in one.yaml"),
+        "{}",
+        errs[0]
+    );
 }
 
 #[test]
 fn template_syntax_error() {
-    let e = one("shop.yaml", &GOOD.replace("{{ payload.id }}", "{{ payload.id "));
+    let e = one(
+        "shop.yaml",
+        &GOOD.replace("{{ payload.id }}", "{{ payload.id "),
+    );
     assert_eq!((e.line, e.field.as_str()), (8, "nodes.list.http.url"));
     assert!(e.message.contains("template syntax error"), "{e}");
 }
@@ -112,12 +144,19 @@ fn template_syntax_error() {
 fn outcome_the_kind_never_produces() {
     let e = one("shop.yaml", &GOOD.replace("missing: done", "created: done"));
     assert_eq!((e.line, e.field.as_str()), (9, "nodes.list.next.created"));
-    assert!(e.message.contains("never produces outcome `created`") && e.message.contains("ok, missing, failed"), "{e}");
+    assert!(
+        e.message.contains("never produces outcome `created`")
+            && e.message.contains("ok, missing, failed"),
+        "{e}"
+    );
 }
 
 #[test]
 fn unknown_field_and_wrong_type_are_parse_errors_with_place() {
-    let e = one("shop.yaml", &GOOD.replace("    next: { ok", "    nxet: { ok"));
+    let e = one(
+        "shop.yaml",
+        &GOOD.replace("    next: { ok", "    nxet: { ok"),
+    );
     assert_eq!(e.line, 9, "{e}");
     assert!(e.message.contains("nxet"), "{e}");
     let e = one("shop.yaml", &format!("{GOOD}    concurrency: many\n"));
@@ -129,9 +168,15 @@ fn bad_values_jq_cron_and_kinds() {
     let e = one("shop.yaml", &GOOD.replace("{id: .id}", "{id: .id"));
     assert_eq!((e.line, e.field.as_str()), (11, "nodes.done.map"));
     assert!(e.message.contains("jq syntax error"), "{e}");
-    let e = one("shop.yaml", &GOOD.replace("run: list", "run: { node: list, cron: \"61 * * * *\" }"));
+    let e = one(
+        "shop.yaml",
+        &GOOD.replace("run: list", "run: { node: list, cron: \"61 * * * *\" }"),
+    );
     assert_eq!((e.line, e.field.as_str()), (5, "events.run.cron"));
-    let e = one("shop.yaml", &GOOD.replace("    map: \"{id: .id}\"", "    description: nothing"));
+    let e = one(
+        "shop.yaml",
+        &GOOD.replace("    map: \"{id: .id}\"", "    description: nothing"),
+    );
     assert_eq!(e.field, "nodes.done");
     assert!(e.message.contains("exactly one kind"), "{e}");
 }
@@ -144,5 +189,10 @@ fn all_errors_are_reported_at_once() {
         .replace("{id: .id}", "{id: .id");
     let errs = errors(&[("shop.yaml", &text)]);
     assert_eq!(errs.len(), 3, "{errs:#?}");
-    insta::assert_snapshot!(errs.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"));
+    insta::assert_snapshot!(
+        errs.iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
 }

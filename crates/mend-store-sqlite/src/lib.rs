@@ -1,1 +1,635 @@
+//! The embedded SQLite store (WAL mode): mend's default, zero setup, one file.
+//!
+//! Key types: [`SqliteStore`] implements the `mend-store` traits. Writes go through one
+//! writer thread that groups many steps into one transaction (see `writer`); reads use a
+//! small pool of read-only connections, which WAL lets run beside the writer.
 
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use indexmap::IndexMap;
+use mend_core::ids::{MessageId, ProcessId};
+use mend_core::message::Message;
+use mend_store::{
+    Applied, ClaimRequest, Completion, Disposition, MessageCounts, MessageStore, NewMessage,
+    NewProcess, ProcessReport, ProcessState, ProcessStore, Result, ScheduleStore, StoreError,
+    TopologyStore, TrashEntry,
+};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use tokio::sync::Notify;
+
+use crate::writer::Writer;
+
+const MIGRATIONS: &[&str] = &[include_str!("../migrations/0001_init.sql")];
+
+/// How the store trades durability for speed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Durability {
+    /// Every committed batch is on disk before it is acknowledged (`synchronous=FULL`).
+    #[default]
+    Full,
+    /// Survives a crash of mend but not of the machine (`synchronous=NORMAL`).
+    Normal,
+}
+
+#[derive(Clone)]
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    writer: Writer,
+    readers: Mutex<Vec<Connection>>,
+    work: Notify,
+}
+
+fn backend(e: rusqlite::Error) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+fn corrupt(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(e.to_string())
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the store at `path` and brings its schema up to date.
+    pub fn open(path: &Path) -> Result<Self> {
+        Self::open_with(path, Durability::default())
+    }
+
+    pub fn open_with(path: &Path, durability: Durability) -> Result<Self> {
+        let conn = Connection::open(path)
+            .map_err(|e| StoreError::Backend(format!("cannot open {}: {e}", path.display())))?;
+        conn.busy_timeout(Duration::from_secs(10))
+            .map_err(backend)?;
+        let sync = match durability {
+            Durability::Full => "FULL",
+            Durability::Normal => "NORMAL",
+        };
+        conn.execute_batch(&format!(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync}; PRAGMA foreign_keys = ON;"
+        ))
+        .map_err(backend)?;
+        migrate(&conn)?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                path: path.to_path_buf(),
+                writer: Writer::start(conn),
+                readers: Mutex::new(Vec::new()),
+                work: Notify::new(),
+            }),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Runs `f` on a pooled read-only connection, off the async threads.
+    async fn read<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+    {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = match this.inner.readers.lock().map(|mut p| p.pop()) {
+                Ok(Some(c)) => c,
+                _ => {
+                    let c = Connection::open_with_flags(
+                        &this.inner.path,
+                        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                    )
+                    .map_err(backend)?;
+                    c.busy_timeout(Duration::from_secs(10)).map_err(backend)?;
+                    c
+                }
+            };
+            let result = f(&conn);
+            if let Ok(mut pool) = this.inner.readers.lock()
+                && pool.len() < 8
+            {
+                pool.push(conn);
+            }
+            result
+        })
+        .await
+        .map_err(|e| StoreError::Backend(format!("reader task failed: {e}")))?
+    }
+}
+
+fn migrate(conn: &Connection) -> Result<()> {
+    let current: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(backend)?;
+    let known = MIGRATIONS.len() as i64;
+    if current > known {
+        return Err(StoreError::SchemaTooNew {
+            found: current,
+            known,
+        });
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        let version = i as i64 + 1;
+        conn.execute_batch(&format!(
+            "BEGIN IMMEDIATE; {sql}\nPRAGMA user_version = {version}; COMMIT;"
+        ))
+        .map_err(|e| {
+            let _ = conn.execute_batch("ROLLBACK");
+            StoreError::Backend(format!("schema migration {version} failed: {e}"))
+        })?;
+    }
+    Ok(())
+}
+
+fn json_text<T: serde::Serialize>(v: &T) -> Result<String> {
+    serde_json::to_string(v).map_err(corrupt)
+}
+
+fn insert_message(conn: &Connection, m: &NewMessage, now: i64) -> Result<()> {
+    let headers = json_text(&m.headers)?;
+    let context = json_text(&m.context)?;
+    conn.prepare_cached(include_str!("../queries/insert_message.sql"))
+        .and_then(|mut st| {
+            st.execute(params![
+                m.id.to_string(),
+                m.process_id.to_string(),
+                m.topology,
+                m.version,
+                m.node,
+                m.payload.to_string(),
+                headers,
+                context,
+                m.parent_id.map(|p| p.to_string()),
+                m.available_at,
+                now,
+            ])
+        })
+        .map_err(backend)?;
+    Ok(())
+}
+
+fn insert_process(conn: &Connection, p: &NewProcess) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO processes (id, topology, version, event, parent_process_id, parent_message_id,
+                                state, total, open, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'running', 1, 1, ?7)",
+    )
+    .and_then(|mut st| {
+        st.execute(params![
+            p.id.to_string(),
+            p.topology,
+            p.version,
+            p.event,
+            p.parent_process_id.map(|x| x.to_string()),
+            p.parent_message_id.map(|x| x.to_string()),
+            p.created_at,
+        ])
+    })
+    .map_err(backend)?;
+    insert_message(conn, &p.first, p.created_at)
+}
+
+fn parse_id<T: std::str::FromStr>(s: &str) -> Result<T>
+where
+    T::Err: std::fmt::Display,
+{
+    s.parse::<T>()
+        .map_err(|e| corrupt(format!("bad id `{s}`: {e}")))
+}
+
+fn row_to_message(r: &rusqlite::Row<'_>) -> rusqlite::Result<[String; 8]> {
+    Ok([
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+        r.get(6)?,
+        r.get(7)?,
+    ])
+}
+
+fn build_message(
+    cols: [String; 8],
+    attempt: u32,
+    parent: Option<String>,
+    created_at: i64,
+) -> Result<Message> {
+    let [
+        id,
+        process_id,
+        topology,
+        version,
+        node,
+        payload,
+        headers,
+        context,
+    ] = cols;
+    Ok(Message {
+        id: parse_id(&id)?,
+        process_id: parse_id(&process_id)?,
+        topology,
+        version,
+        node,
+        payload: serde_json::from_str(&payload).map_err(corrupt)?,
+        headers: serde_json::from_str(&headers).map_err(corrupt)?,
+        context: serde_json::from_str(&context).map_err(corrupt)?,
+        attempt,
+        parent_id: parent.map(|p| parse_id::<MessageId>(&p)).transpose()?,
+        created_at,
+    })
+}
+
+fn claim(conn: &Connection, req: &ClaimRequest) -> Result<Vec<Message>> {
+    let mut out = Vec::new();
+    let mut select = conn
+        .prepare_cached(include_str!("../queries/claim_ready.sql"))
+        .map_err(backend)?;
+    let mut mark = conn
+        .prepare_cached(
+            "UPDATE messages SET state = 'running', claimed_by = ?2, lease_until = ?3, updated_at = ?4
+             WHERE id = ?1",
+        )
+        .map_err(backend)?;
+    for cap in req.nodes.iter().filter(|c| c.max > 0) {
+        let rows = select
+            .query_map(params![cap.topology, cap.node, req.now, cap.max], |r| {
+                Ok((
+                    row_to_message(r)?,
+                    r.get::<_, u32>(8)?,
+                    r.get::<_, Option<String>>(9)?,
+                    r.get::<_, i64>(10)?,
+                ))
+            })
+            .map_err(backend)?
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(backend)?;
+        for (cols, attempt, parent, created_at) in rows {
+            mark.execute(params![cols[0], req.worker, req.lease_until, req.now])
+                .map_err(backend)?;
+            out.push(build_message(cols, attempt, parent, created_at)?);
+        }
+    }
+    Ok(out)
+}
+
+fn complete(conn: &Connection, c: &Completion) -> Result<Applied> {
+    let (state, attempt_delta, available_at) = match c.disposition {
+        Disposition::Done => ("done", 0, c.now),
+        Disposition::Filtered => ("filtered", 0, c.now),
+        Disposition::Trash => ("trash", 1, c.now),
+        Disposition::Retry { at } => ("retry", 1, at),
+    };
+    let current_attempt: Option<u32> = conn
+        .prepare_cached(
+            "SELECT attempt FROM messages WHERE id = ?1 AND state = 'running' AND claimed_by = ?2",
+        )
+        .and_then(|mut st| {
+            st.query_row(params![c.message_id.to_string(), c.worker], |r| r.get(0))
+                .optional()
+        })
+        .map_err(backend)?;
+    let Some(current_attempt) = current_attempt else {
+        return Ok(Applied::LeaseLost);
+    };
+    let changed = conn
+        .prepare_cached(include_str!("../queries/ack.sql"))
+        .and_then(|mut st| {
+            st.execute(params![
+                c.message_id.to_string(),
+                state,
+                c.outcome,
+                c.error,
+                current_attempt + attempt_delta,
+                available_at,
+                c.now,
+                c.worker,
+            ])
+        })
+        .map_err(backend)?;
+    if changed == 0 {
+        return Ok(Applied::LeaseLost);
+    }
+    for m in &c.outputs {
+        insert_message(conn, m, c.now)?;
+    }
+    for p in &c.spawned {
+        insert_process(conn, p)?;
+    }
+    if let Some(a) = &c.attempt {
+        conn.prepare_cached(
+            "INSERT OR REPLACE INTO attempts (message_id, attempt, node, at, duration_ms, outcome, status, error, response_excerpt)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        )
+        .and_then(|mut st| {
+            st.execute(params![
+                c.message_id.to_string(),
+                a.attempt,
+                c.node,
+                a.at,
+                a.duration_ms,
+                a.outcome,
+                a.status,
+                a.error,
+                a.response_excerpt,
+            ])
+        })
+        .map_err(backend)?;
+    }
+    conn.prepare_cached(
+        "INSERT INTO process_node_stats (process_id, topology, node, outcome, count) VALUES (?1, ?2, ?3, ?4, 1)
+         ON CONFLICT (process_id, topology, node, outcome) DO UPDATE SET count = count + 1",
+    )
+    .and_then(|mut st| st.execute(params![c.process_id.to_string(), c.topology, c.node, c.outcome]))
+    .map_err(backend)?;
+    let ended = !matches!(c.disposition, Disposition::Retry { .. });
+    let flag = |d: Disposition| i64::from(c.disposition == d);
+    conn.prepare_cached(include_str!("../queries/process_counts.sql"))
+        .and_then(|mut st| {
+            st.execute(params![
+                c.process_id.to_string(),
+                c.outputs.len() as i64,
+                i64::from(ended),
+                flag(Disposition::Done),
+                flag(Disposition::Filtered),
+                flag(Disposition::Trash),
+            ])
+        })
+        .map_err(backend)?;
+    conn.prepare_cached(
+        "UPDATE processes SET state = 'done', finished_at = ?2 WHERE id = ?1 AND open = 0 AND state = 'running'",
+    )
+    .and_then(|mut st| st.execute(params![c.process_id.to_string(), c.now]))
+    .map_err(backend)?;
+    Ok(Applied::Applied)
+}
+
+/// Counters are never negative; SQLite has no unsigned integers.
+fn count(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<u64> {
+    r.get::<_, i64>(i).map(|v| v.max(0).unsigned_abs())
+}
+
+fn report(conn: &Connection, id: ProcessId) -> Result<Option<ProcessReport>> {
+    let row = conn
+        .query_row(
+            "SELECT topology, version, event, state, parent_process_id, created_at, finished_at,
+                    total, open, done, filtered, trash
+             FROM processes WHERE id = ?1",
+            params![id.to_string()],
+            |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, Option<String>>(4)?,
+                    r.get::<_, i64>(5)?,
+                    r.get::<_, Option<i64>>(6)?,
+                    [
+                        count(r, 7)?,
+                        count(r, 8)?,
+                        count(r, 9)?,
+                        count(r, 10)?,
+                        count(r, 11)?,
+                    ],
+                ))
+            },
+        )
+        .optional()
+        .map_err(backend)?;
+    let Some((topology, version, event, state, parent, created_at, finished_at, counts)) = row
+    else {
+        return Ok(None);
+    };
+    let mut nodes: IndexMap<String, IndexMap<String, u64>> = IndexMap::new();
+    let mut st = conn
+        .prepare_cached(
+            "SELECT node, outcome, count FROM process_node_stats WHERE process_id = ?1 ORDER BY rowid",
+        )
+        .map_err(backend)?;
+    let rows = st
+        .query_map(params![id.to_string()], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, count(r, 2)?))
+        })
+        .map_err(backend)?;
+    for row in rows {
+        let (node, outcome, count) = row.map_err(backend)?;
+        *nodes.entry(node).or_default().entry(outcome).or_default() += count;
+    }
+    let mut st = conn
+        .prepare_cached(
+            "SELECT id, node, error, attempt, updated_at FROM messages
+             WHERE process_id = ?1 AND state = 'trash' ORDER BY updated_at LIMIT 1000",
+        )
+        .map_err(backend)?;
+    let trash = st
+        .query_map(params![id.to_string()], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, Option<String>>(2)?,
+                r.get::<_, u32>(3)?,
+                r.get::<_, i64>(4)?,
+            ))
+        })
+        .map_err(backend)?
+        .map(|row| {
+            let (mid, node, error, attempts, at) = row.map_err(backend)?;
+            Ok(TrashEntry {
+                message_id: parse_id(&mid)?,
+                node,
+                error,
+                attempts,
+                at,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut st = conn
+        .prepare_cached(
+            "SELECT id FROM processes WHERE parent_process_id = ?1 ORDER BY created_at, id",
+        )
+        .map_err(backend)?;
+    let children = st
+        .query_map(params![id.to_string()], |r| r.get::<_, String>(0))
+        .map_err(backend)?
+        .map(|r| parse_id::<ProcessId>(&r.map_err(backend)?))
+        .collect::<Result<Vec<_>>>()?;
+    let [total, open, done, filtered, trash_count] = counts;
+    Ok(Some(ProcessReport {
+        id,
+        topology,
+        version,
+        event,
+        state: if state == "done" {
+            ProcessState::Done
+        } else {
+            ProcessState::Running
+        },
+        parent_process_id: parent.map(|p| parse_id(&p)).transpose()?,
+        created_at,
+        finished_at,
+        messages: MessageCounts {
+            total,
+            open,
+            done,
+            filtered,
+            trash: trash_count,
+        },
+        nodes,
+        trash,
+        children,
+    }))
+}
+
+impl TopologyStore for SqliteStore {
+    async fn save_topology(&self, name: &str, version: &str, source: &str) -> Result<()> {
+        let (name, version, source) = (name.to_owned(), version.to_owned(), source.to_owned());
+        self.inner
+            .writer
+            .exec(move |conn| {
+                conn.execute(
+                    "INSERT OR IGNORE INTO topologies (name, version, source, loaded_at) VALUES (?1, ?2, ?3, ?4)",
+                    params![name, version, source, mend_core::clock::now_ms()],
+                )
+                .map_err(backend)?;
+                Ok(())
+            })
+            .await
+    }
+}
+
+impl ProcessStore for SqliteStore {
+    async fn start_process(&self, process: NewProcess) -> Result<()> {
+        self.inner
+            .writer
+            .exec(move |conn| insert_process(conn, &process))
+            .await?;
+        self.inner.work.notify_one();
+        Ok(())
+    }
+
+    async fn process_report(&self, id: ProcessId) -> Result<Option<ProcessReport>> {
+        self.read(move |conn| report(conn, id)).await
+    }
+}
+
+impl MessageStore for SqliteStore {
+    async fn claim(&self, request: ClaimRequest) -> Result<Vec<Message>> {
+        self.inner
+            .writer
+            .exec(move |conn| claim(conn, &request))
+            .await
+    }
+
+    async fn complete(&self, completion: Completion) -> Result<Applied> {
+        let wakes = !completion.outputs.is_empty() || !completion.spawned.is_empty();
+        let applied = self
+            .inner
+            .writer
+            .exec(move |conn| complete(conn, &completion))
+            .await?;
+        if wakes {
+            self.inner.work.notify_one();
+        }
+        Ok(applied)
+    }
+
+    async fn renew_leases(&self, worker: &str, until: i64) -> Result<u64> {
+        let worker = worker.to_owned();
+        self.inner
+            .writer
+            .exec(move |conn| {
+                conn.execute(
+                    "UPDATE messages SET lease_until = ?2 WHERE claimed_by = ?1 AND state = 'running'",
+                    params![worker, until],
+                )
+                .map(|n| n as u64)
+                .map_err(backend)
+            })
+            .await
+    }
+
+    async fn release_claims(&self, worker: &str) -> Result<u64> {
+        let worker = worker.to_owned();
+        let n = self
+            .inner
+            .writer
+            .exec(move |conn| {
+                conn.execute(
+                    "UPDATE messages SET state = 'queued', claimed_by = NULL, lease_until = NULL
+                     WHERE claimed_by = ?1 AND state = 'running'",
+                    params![worker],
+                )
+                .map(|n| n as u64)
+                .map_err(backend)
+            })
+            .await?;
+        Ok(n)
+    }
+
+    async fn recover_expired(&self, now: i64) -> Result<u64> {
+        let n = self
+            .inner
+            .writer
+            .exec(move |conn| {
+                conn.execute(
+                    "UPDATE messages SET state = 'queued', claimed_by = NULL, lease_until = NULL
+                     WHERE state = 'running' AND lease_until < ?1",
+                    params![now],
+                )
+                .map(|n| n as u64)
+                .map_err(backend)
+            })
+            .await?;
+        if n > 0 {
+            tracing::warn!(
+                messages = n,
+                "recovered messages whose worker stopped renewing its lease"
+            );
+            self.inner.work.notify_one();
+        }
+        Ok(n)
+    }
+
+    async fn wait_for_work(&self, max: Duration) {
+        let _ = tokio::time::timeout(max, self.inner.work.notified()).await;
+    }
+}
+
+impl ScheduleStore for SqliteStore {
+    async fn fire_cron(
+        &self,
+        topology: &str,
+        event: &str,
+        slot: i64,
+        process: NewProcess,
+    ) -> Result<bool> {
+        let (topology, event) = (topology.to_owned(), event.to_owned());
+        let fired = self
+            .inner
+            .writer
+            .exec(move |conn| {
+                let n = conn
+                    .execute(
+                        "INSERT OR IGNORE INTO cron_fires (topology, event, slot, process_id) VALUES (?1, ?2, ?3, ?4)",
+                        params![topology, event, slot, process.id.to_string()],
+                    )
+                    .map_err(backend)?;
+                if n == 1 {
+                    insert_process(conn, &process)?;
+                }
+                Ok(n == 1)
+            })
+            .await?;
+        if fired {
+            self.inner.work.notify_one();
+        }
+        Ok(fired)
+    }
+}

@@ -1,1 +1,238 @@
+//! The store contract: what the engine needs from durable storage, as small capability traits
+//! with one implementation per backend (SQLite now, PostgreSQL later) and no I/O here.
+//!
+//! Key types: [`NewProcess`] and [`NewMessage`] are written; [`ClaimRequest`] hands ready
+//! messages to one worker under a lease; a [`Completion`] is everything one step of a node
+//! produced, applied in one transaction; [`ProcessReport`] is what a process did.
+//!
+//! Message states: `queued` → `running` (claimed) → `done` | `filtered` | `trash`, or back to
+//! `retry` (waiting for `available_at`) → `running` ... A process is done when none of its
+//! messages is `queued`, `running` or `retry`.
 
+use std::future::Future;
+use std::time::Duration;
+
+use indexmap::IndexMap;
+use mend_core::ids::{MessageId, ProcessId};
+use mend_core::message::{Context, Headers, Message};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store error: {0}")]
+    Backend(String),
+    #[error(
+        "the store's schema is newer than this mend (version {found}, this mend knows {known}); upgrade mend"
+    )]
+    SchemaTooNew { found: i64, known: i64 },
+    #[error("the store has been closed")]
+    Closed,
+    #[error("corrupt row in the store: {0}")]
+    Corrupt(String),
+}
+
+/// A message to write.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewMessage {
+    pub id: MessageId,
+    pub process_id: ProcessId,
+    pub topology: String,
+    pub version: String,
+    pub node: String,
+    pub payload: Value,
+    pub headers: Headers,
+    pub context: Context,
+    pub parent_id: Option<MessageId>,
+    /// Unix ms before which no worker claims it.
+    pub available_at: i64,
+}
+
+/// A process to open with its first message.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewProcess {
+    pub id: ProcessId,
+    pub topology: String,
+    pub version: String,
+    pub event: String,
+    pub parent_process_id: Option<ProcessId>,
+    pub parent_message_id: Option<MessageId>,
+    pub created_at: i64,
+    pub first: NewMessage,
+}
+
+/// How many messages of one node a worker can take now.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NodeCapacity {
+    pub topology: String,
+    pub node: String,
+    pub max: u32,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ClaimRequest {
+    pub worker: String,
+    pub now: i64,
+    pub lease_until: i64,
+    pub nodes: Vec<NodeCapacity>,
+}
+
+/// Where the input message of a step ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Disposition {
+    /// Handled: its outputs (if any) carry on.
+    Done,
+    /// Dropped on purpose by a node (a switch branch with no edge, an empty map).
+    Filtered,
+    /// Try the same node again at `at` (Unix ms).
+    Retry { at: i64 },
+    /// Failed for good: visible in the trash with its error and attempts.
+    Trash,
+}
+
+/// One try of one node on one message, kept for the trash view and reports.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Attempt {
+    pub attempt: u32,
+    pub at: i64,
+    pub duration_ms: i64,
+    pub outcome: String,
+    pub status: Option<u16>,
+    pub error: Option<String>,
+    pub response_excerpt: Option<String>,
+}
+
+/// Everything one step produced. Applied atomically, and only if `worker` still holds the
+/// message's claim.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Completion {
+    pub message_id: MessageId,
+    pub process_id: ProcessId,
+    pub topology: String,
+    pub node: String,
+    pub worker: String,
+    pub now: i64,
+    pub outcome: String,
+    pub disposition: Disposition,
+    pub outputs: Vec<NewMessage>,
+    pub spawned: Vec<NewProcess>,
+    pub attempt: Option<Attempt>,
+    pub error: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Applied {
+    Applied,
+    /// The claim had expired or been released: nothing was written.
+    LeaseLost,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProcessState {
+    Running,
+    Done,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageCounts {
+    /// Every message the process created.
+    pub total: u64,
+    /// Still queued, running or waiting for a retry.
+    pub open: u64,
+    pub done: u64,
+    pub filtered: u64,
+    pub trash: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrashEntry {
+    pub message_id: MessageId,
+    pub node: String,
+    pub error: Option<String>,
+    pub attempts: u32,
+    pub at: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ProcessReport {
+    pub id: ProcessId,
+    pub topology: String,
+    pub version: String,
+    pub event: String,
+    pub state: ProcessState,
+    pub parent_process_id: Option<ProcessId>,
+    pub created_at: i64,
+    pub finished_at: Option<i64>,
+    pub messages: MessageCounts,
+    /// Node → outcome → count, in topology order as first seen.
+    pub nodes: IndexMap<String, IndexMap<String, u64>>,
+    pub trash: Vec<TrashEntry>,
+    /// Processes started by this one's `send` nodes.
+    pub children: Vec<ProcessId>,
+}
+
+impl ProcessReport {
+    pub fn is_done(&self) -> bool {
+        self.state == ProcessState::Done
+    }
+}
+
+/// Records what each topology version was, so a message's version can be read back.
+pub trait TopologyStore {
+    fn save_topology(
+        &self,
+        name: &str,
+        version: &str,
+        source: &str,
+    ) -> impl Future<Output = Result<()>> + Send;
+}
+
+pub trait ProcessStore {
+    /// Opens a process and writes its first message, atomically.
+    fn start_process(&self, process: NewProcess) -> impl Future<Output = Result<()>> + Send;
+    fn process_report(
+        &self,
+        id: ProcessId,
+    ) -> impl Future<Output = Result<Option<ProcessReport>>> + Send;
+}
+
+pub trait MessageStore {
+    /// Marks up to each node's capacity of ready messages as running under `worker` until
+    /// `lease_until`, and returns them. No two workers ever hold the same message.
+    fn claim(&self, request: ClaimRequest) -> impl Future<Output = Result<Vec<Message>>> + Send;
+    fn complete(&self, completion: Completion) -> impl Future<Output = Result<Applied>> + Send;
+    /// Extends the lease of every message `worker` holds.
+    fn renew_leases(&self, worker: &str, until: i64) -> impl Future<Output = Result<u64>> + Send;
+    /// Puts every message `worker` holds back in the queue (clean shutdown).
+    fn release_claims(&self, worker: &str) -> impl Future<Output = Result<u64>> + Send;
+    /// Puts messages whose lease ended before `now` back in the queue (their worker died).
+    fn recover_expired(&self, now: i64) -> impl Future<Output = Result<u64>> + Send;
+    /// Returns when new work may be ready, or after `max`.
+    fn wait_for_work(&self, max: Duration) -> impl Future<Output = ()> + Send;
+}
+
+pub trait ScheduleStore {
+    /// Opens `process` for the cron slot unless some engine already fired that slot.
+    /// Returns whether this call fired it.
+    fn fire_cron(
+        &self,
+        topology: &str,
+        event: &str,
+        slot: i64,
+        process: NewProcess,
+    ) -> impl Future<Output = Result<bool>> + Send;
+}
+
+/// Everything a backend offers.
+pub trait Store:
+    TopologyStore + ProcessStore + MessageStore + ScheduleStore + Clone + Send + Sync + 'static
+{
+}
+
+impl<T> Store for T where
+    T: TopologyStore + ProcessStore + MessageStore + ScheduleStore + Clone + Send + Sync + 'static
+{
+}

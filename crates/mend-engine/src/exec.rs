@@ -1,0 +1,596 @@
+//! Running one node on one message. The result is a [`Step`]: an outcome, the messages it
+//! produces and whether the node asks for a retry or failed for good. `Engine::finish` turns
+//! a step into the store `Completion` written in one transaction.
+
+use std::time::Duration;
+
+use mend_core::ids::{MessageId, ProcessId};
+use mend_core::message::{Context, Cursor, Message, Response};
+use mend_core::template::{TplContext, context};
+use mend_core::topology::{Body, HttpSpec, NodeKind, Paging, SplitSpec, Topology, outcome};
+use mend_store::{NewMessage, NewProcess};
+use serde_json::{Value, json};
+
+use crate::Inner;
+
+/// At most this much of a response body is read; a larger body is an error.
+const MAX_BODY: usize = 16 * 1024 * 1024;
+/// How much of a response body an attempt record keeps.
+const EXCERPT: usize = 500;
+
+pub(crate) enum StepKind {
+    /// Follow the outcome's edge (or the unwired rule).
+    Route,
+    /// Transient failure: retry with backoff until the attempts run out.
+    Retry { after: Option<Duration> },
+    /// Permanent failure: to the trash.
+    Fail,
+}
+
+pub(crate) struct Output {
+    /// `None`: the node the outcome's edge leads to. `Some`: this node (a split continuing).
+    pub node: Option<String>,
+    pub payload: Value,
+    pub context: Context,
+}
+
+pub(crate) struct Step {
+    pub outcome: String,
+    pub kind: StepKind,
+    pub outputs: Vec<Output>,
+    pub spawned: Vec<NewProcess>,
+    pub error: Option<String>,
+    pub status: Option<u16>,
+    pub excerpt: Option<String>,
+}
+
+impl Step {
+    fn route(outcome: &str, outputs: Vec<Output>) -> Self {
+        Self {
+            outcome: outcome.to_owned(),
+            kind: StepKind::Route,
+            outputs,
+            spawned: Vec::new(),
+            error: None,
+            status: None,
+            excerpt: None,
+        }
+    }
+
+    pub(crate) fn fail(outcome: &str, error: String) -> Self {
+        Self {
+            kind: StepKind::Fail,
+            error: Some(error),
+            ..Self::route(outcome, Vec::new())
+        }
+    }
+
+    fn retry(
+        error: String,
+        status: Option<u16>,
+        excerpt: Option<String>,
+        after: Option<Duration>,
+    ) -> Self {
+        Self {
+            kind: StepKind::Retry { after },
+            error: Some(error),
+            status,
+            excerpt,
+            ..Self::route(outcome::RETRY, Vec::new())
+        }
+    }
+}
+
+/// The values templates see.
+fn template_context(msg: &Message, page: Option<i64>) -> TplContext {
+    context(&json!({
+        "payload": msg.payload,
+        "headers": msg.headers,
+        "process_id": msg.process_id,
+        "message_id": msg.id,
+        "topology": msg.topology,
+        "node": msg.node,
+        "attempt": msg.attempt + 1,
+        "response": msg.context.response,
+        "page": page,
+    }))
+}
+
+pub(crate) struct HttpReply {
+    pub status: u16,
+    pub response: Response,
+    pub excerpt: String,
+    pub retry_after: Option<Duration>,
+}
+
+pub(crate) enum HttpFailure {
+    /// The request could not be built (a template failed): retrying will not help.
+    Build(String),
+    /// Timeout, connection refused, reset...: worth a retry.
+    Transport(String),
+}
+
+fn excerpt_of(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    let mut s: String = text.chars().take(EXCERPT).collect();
+    if text.chars().count() > EXCERPT {
+        s.push('…');
+    }
+    s
+}
+
+impl<S: mend_store::Store> Inner<S> {
+    pub(crate) async fn run_node(&self, topo: &Topology, msg: &Message) -> Step {
+        let Some(node) = topo.nodes.get(&msg.node) else {
+            return Step::fail(
+                "error",
+                format!(
+                    "node `{}` is not in topology `{}` (version {}) any more",
+                    msg.node, topo.name, topo.version
+                ),
+            );
+        };
+        match &node.kind {
+            NodeKind::Http(spec) => self.http_node(topo, spec, msg).await,
+            NodeKind::Switch(spec) => {
+                let ctx = template_context(msg, None);
+                for case in &spec.cases {
+                    match topo.templates.test(&case.when, &ctx) {
+                        Ok(true) => return Step::route(&case.outcome, vec![same(msg)]),
+                        Ok(false) => {}
+                        Err(e) => {
+                            return Step::fail("error", format!("switch condition failed: {e}"));
+                        }
+                    }
+                }
+                Step::route(&spec.default, vec![same(msg)])
+            }
+            NodeKind::Map(spec) => {
+                let response = msg
+                    .context
+                    .response
+                    .as_ref()
+                    .map(|r| serde_json::to_value(r).unwrap_or(Value::Null))
+                    .unwrap_or(Value::Null);
+                let vars = [
+                    &serde_json::to_value(&msg.headers).unwrap_or(Value::Null),
+                    &response,
+                    &Value::String(msg.process_id.to_string()),
+                    &Value::String(msg.id.to_string()),
+                ];
+                match spec.program.run(&msg.payload, &vars) {
+                    Ok(values) if values.is_empty() => Step::route(outcome::EMPTY, vec![same(msg)]),
+                    Ok(values) => Step::route(
+                        outcome::OK,
+                        values
+                            .into_iter()
+                            .map(|payload| Output {
+                                node: None,
+                                payload,
+                                context: Context::default(),
+                            })
+                            .collect(),
+                    ),
+                    Err(e) => Step::fail("error", e),
+                }
+            }
+            NodeKind::Send(spec) => {
+                let payload = match &spec.data {
+                    None => msg.payload.clone(),
+                    Some(t) => match topo.templates.render_json(t, &template_context(msg, None)) {
+                        Ok(v) => v,
+                        Err(e) => return Step::fail("error", format!("send data: {e}")),
+                    },
+                };
+                let Some(target) = self.catalog.get(&spec.topology) else {
+                    return Step::fail(
+                        "error",
+                        format!("topology `{}` is not loaded", spec.topology),
+                    );
+                };
+                let Some(event) = target.events.get(&spec.event) else {
+                    return Step::fail(
+                        "error",
+                        format!(
+                            "topology `{}` has no start event `{}`",
+                            spec.topology, spec.event
+                        ),
+                    );
+                };
+                let now = mend_core::clock::now_ms();
+                let process_id = ProcessId::new();
+                let process = NewProcess {
+                    id: process_id,
+                    topology: target.name.clone(),
+                    version: target.version.clone(),
+                    event: event.name.clone(),
+                    parent_process_id: Some(msg.process_id),
+                    parent_message_id: Some(msg.id),
+                    created_at: now,
+                    first: NewMessage {
+                        id: MessageId::new(),
+                        process_id,
+                        topology: target.name.clone(),
+                        version: target.version.clone(),
+                        node: event.node.clone(),
+                        payload,
+                        headers: msg.headers.clone(),
+                        context: Context::default(),
+                        parent_id: Some(msg.id),
+                        available_at: now,
+                    },
+                };
+                let mut step = Step::route(outcome::OK, vec![same(msg)]);
+                step.spawned.push(process);
+                step
+            }
+            NodeKind::Split(spec) => self.split_node(topo, spec, msg).await,
+        }
+    }
+
+    async fn http_node(&self, topo: &Topology, spec: &HttpSpec, msg: &Message) -> Step {
+        let ctx = template_context(msg, None);
+        match self.request(topo, spec, msg, &ctx, None).await {
+            Err(HttpFailure::Build(e)) => Step::fail("error", e),
+            Err(HttpFailure::Transport(e)) => Step::retry(e, None, None, None),
+            Ok(reply) => {
+                let outcome = spec.statuses.outcome(reply.status).to_owned();
+                if outcome == outcome::RETRY {
+                    return Step::retry(
+                        format!("HTTP {} from {}", reply.status, topo.name),
+                        Some(reply.status),
+                        Some(reply.excerpt),
+                        reply.retry_after,
+                    );
+                }
+                let mut step = Step::route(
+                    &outcome,
+                    vec![Output {
+                        node: None,
+                        payload: msg.payload.clone(),
+                        context: Context {
+                            response: Some(reply.response),
+                            cursor: None,
+                        },
+                    }],
+                );
+                step.status = Some(reply.status);
+                if outcome != outcome::OK {
+                    step.error = Some(format!("HTTP {} (outcome `{outcome}`)", reply.status));
+                    step.excerpt = Some(reply.excerpt);
+                }
+                step
+            }
+        }
+    }
+
+    async fn split_node(&self, topo: &Topology, spec: &SplitSpec, msg: &Message) -> Step {
+        let cursor = msg.context.cursor.clone().unwrap_or_default();
+        let response_var = |r: Option<&Response>| {
+            r.map(|r| serde_json::to_value(r).unwrap_or(Value::Null))
+                .unwrap_or(Value::Null)
+        };
+        let headers = serde_json::to_value(&msg.headers).unwrap_or(Value::Null);
+        let pid = Value::String(msg.process_id.to_string());
+        let mid = Value::String(msg.id.to_string());
+        let Some(http) = &spec.http else {
+            // Items from the payload, `chunk` per step.
+            let resp = response_var(msg.context.response.as_ref());
+            let items = match spec.items.run(&msg.payload, &[&headers, &resp, &pid, &mid]) {
+                Ok(v) => flatten_items(v),
+                Err(e) => return Step::fail("error", format!("split items: {e}")),
+            };
+            let len = items.len();
+            let start = cursor.offset.min(len);
+            let end = (start + spec.chunk).min(len);
+            let mut outputs: Vec<Output> = items
+                .into_iter()
+                .skip(start)
+                .take(end - start)
+                .map(|payload| Output {
+                    node: None,
+                    payload,
+                    context: Context::default(),
+                })
+                .collect();
+            if end < len {
+                // More items than one step emits: continue at `end` in another step.
+                outputs.push(Output {
+                    node: Some(msg.node.clone()),
+                    payload: msg.payload.clone(),
+                    context: Context {
+                        response: msg.context.response.clone(),
+                        cursor: Some(Cursor {
+                            offset: end,
+                            ..cursor
+                        }),
+                    },
+                });
+            }
+            return Step::route(outcome::ITEM, outputs);
+        };
+
+        // One page per step: fetch it, emit its items, and continue with the next page.
+        let page = match spec.paging {
+            Paging::Counter { start } => Some(cursor.page.unwrap_or(start)),
+            _ => None,
+        };
+        let ctx = template_context(msg, page);
+        let reply = match self
+            .request(topo, http, msg, &ctx, cursor.next.clone())
+            .await
+        {
+            Err(HttpFailure::Build(e)) => return Step::fail("error", e),
+            Err(HttpFailure::Transport(e)) => return Step::retry(e, None, None, None),
+            Ok(r) => r,
+        };
+        let status_outcome = http.statuses.outcome(reply.status);
+        if status_outcome == outcome::RETRY {
+            return Step::retry(
+                format!("HTTP {} fetching a page", reply.status),
+                Some(reply.status),
+                Some(reply.excerpt),
+                reply.retry_after,
+            );
+        }
+        if status_outcome != outcome::OK {
+            let mut step = Step::fail(
+                status_outcome,
+                format!(
+                    "HTTP {} fetching a page (outcome `{status_outcome}`)",
+                    reply.status
+                ),
+            );
+            step.status = Some(reply.status);
+            step.excerpt = Some(reply.excerpt);
+            return step;
+        }
+        let resp = response_var(Some(&reply.response));
+        let items = match spec
+            .items
+            .run(&reply.response.body, &[&headers, &resp, &pid, &mid])
+        {
+            Ok(v) => flatten_items(v),
+            Err(e) => return Step::fail("error", format!("split items: {e}")),
+        };
+        let pages = cursor.pages + 1;
+        let next_cursor = match &spec.paging {
+            Paging::None => None,
+            Paging::Counter { .. } if items.is_empty() => None,
+            Paging::Counter { start } => Some(Cursor {
+                page: Some(page.unwrap_or(*start) + 1),
+                next: None,
+                offset: 0,
+                pages,
+            }),
+            Paging::NextLink(jq) => match jq.run(&reply.response.body, &[]) {
+                Ok(v) => match v.into_iter().next() {
+                    Some(Value::String(link)) if !link.is_empty() => Some(Cursor {
+                        page: None,
+                        next: Some(link),
+                        offset: 0,
+                        pages,
+                    }),
+                    _ => None,
+                },
+                Err(e) => return Step::fail("error", format!("split paging.next: {e}")),
+            },
+        };
+        let mut outputs: Vec<Output> = items
+            .into_iter()
+            .map(|payload| Output {
+                node: None,
+                payload,
+                context: Context::default(),
+            })
+            .collect();
+        if let Some(c) = next_cursor
+            && pages < spec.max_pages
+        {
+            outputs.push(Output {
+                node: Some(msg.node.clone()),
+                payload: msg.payload.clone(),
+                context: Context {
+                    response: None,
+                    cursor: Some(c),
+                },
+            });
+        }
+        let mut step = Step::route(outcome::ITEM, outputs);
+        step.status = Some(reply.status);
+        step
+    }
+
+    /// Builds and sends one request. `url_override` is a next-page link.
+    pub(crate) async fn request(
+        &self,
+        topo: &Topology,
+        spec: &HttpSpec,
+        msg: &Message,
+        ctx: &TplContext,
+        url_override: Option<String>,
+    ) -> Result<HttpReply, HttpFailure> {
+        let build = |e: mend_core::template::RenderError, what: &str| {
+            HttpFailure::Build(format!("{what}: {e}"))
+        };
+        let system = match &spec.system {
+            Some(name) => Some(
+                self.systems
+                    .get(&(topo.name.clone(), name.clone()))
+                    .ok_or_else(|| {
+                        HttpFailure::Build(format!("system `{name}` is not configured"))
+                    })?,
+            ),
+            None => None,
+        };
+        let target = match url_override {
+            Some(u) => u,
+            None => topo
+                .templates
+                .render(&spec.url, ctx)
+                .map_err(|e| build(e, "url"))?,
+        };
+        let url = if target.starts_with("http://") || target.starts_with("https://") {
+            target
+        } else {
+            let base = system.map(|s| s.base_url.as_str()).unwrap_or("");
+            format!(
+                "{}/{}",
+                base.trim_end_matches('/'),
+                target.trim_start_matches('/')
+            )
+        };
+        let method = reqwest::Method::from_bytes(spec.method.as_bytes())
+            .map_err(|_| HttpFailure::Build(format!("`{}` is not an HTTP method", spec.method)))?;
+        let mut req = self.http.request(method, &url);
+        if let Some(s) = system {
+            req = req.headers(s.headers.clone());
+            if let Some((u, p)) = &s.basic {
+                req = req.basic_auth(u, Some(p));
+            }
+        }
+        let timeout = spec
+            .timeout
+            .map(|d| d.0)
+            .or(system.and_then(|s| s.timeout))
+            .unwrap_or(self.config.default_timeout);
+        req = req.timeout(timeout);
+        if !spec.query.is_empty() {
+            let mut pairs = Vec::with_capacity(spec.query.len());
+            for (k, t) in &spec.query {
+                pairs.push((
+                    k.as_str(),
+                    topo.templates
+                        .render(t, ctx)
+                        .map_err(|e| build(e, &format!("query `{k}`")))?,
+                ));
+            }
+            req = req.query(&pairs);
+        }
+        let mut has_content_type = false;
+        for (k, t) in &spec.headers {
+            let v = topo
+                .templates
+                .render(t, ctx)
+                .map_err(|e| build(e, &format!("header `{k}`")))?;
+            has_content_type |= k.eq_ignore_ascii_case("content-type");
+            req = req.header(k.as_str(), v);
+        }
+        if let Some(h) = &spec.idempotency_header {
+            req = req.header(h.as_str(), msg.id.to_string());
+        }
+        let json_type = |req: reqwest::RequestBuilder| {
+            if has_content_type {
+                req
+            } else {
+                req.header("content-type", "application/json")
+            }
+        };
+        req = match &spec.body {
+            Body::None => req,
+            Body::Payload => json_type(req).body(msg.payload.to_string()),
+            Body::Json(t) => {
+                let v = topo
+                    .templates
+                    .render_json(t, ctx)
+                    .map_err(|e| build(e, "json body"))?;
+                json_type(req).body(v.to_string())
+            }
+            Body::Text(t) => {
+                let text = topo
+                    .templates
+                    .render(t, ctx)
+                    .map_err(|e| build(e, "body"))?;
+                if serde_json::from_str::<Value>(&text).is_ok() {
+                    json_type(req).body(text)
+                } else {
+                    req.body(text)
+                }
+            }
+        };
+        let mut resp = req
+            .send()
+            .await
+            .map_err(|e| HttpFailure::Transport(describe_transport(&e, &url)))?;
+        let status = resp.status().as_u16();
+        let mut headers = mend_core::message::Headers::new();
+        for (k, v) in resp.headers() {
+            if let Ok(v) = v.to_str() {
+                headers.insert(k.as_str().to_owned(), v.to_owned());
+            }
+        }
+        let retry_after = headers
+            .get("retry-after")
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let mut bytes = Vec::new();
+        loop {
+            match resp.chunk().await {
+                Ok(Some(chunk)) => {
+                    if bytes.len() + chunk.len() > MAX_BODY {
+                        return Err(HttpFailure::Build(format!(
+                            "response body from {url} is larger than {MAX_BODY} bytes"
+                        )));
+                    }
+                    bytes.extend_from_slice(&chunk);
+                }
+                Ok(None) => break,
+                Err(e) => return Err(HttpFailure::Transport(describe_transport(&e, &url))),
+            }
+        }
+        let body = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
+        };
+        Ok(HttpReply {
+            status,
+            excerpt: excerpt_of(&bytes),
+            response: Response {
+                status,
+                headers,
+                body,
+            },
+            retry_after,
+        })
+    }
+}
+
+fn describe_transport(e: &reqwest::Error, url: &str) -> String {
+    let what = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "could not connect"
+    } else {
+        "failed"
+    };
+    let mut msg = format!("request to {url} {what}");
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        msg.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    msg
+}
+
+/// A program that yields one array gives its elements; otherwise each value is an item.
+fn flatten_items(values: Vec<Value>) -> Vec<Value> {
+    if values.len() == 1 && values[0].is_array() {
+        match values.into_iter().next() {
+            Some(Value::Array(a)) => a,
+            _ => Vec::new(),
+        }
+    } else {
+        values.into_iter().filter(|v| !v.is_null()).collect()
+    }
+}
+
+/// The message itself, passed on unchanged.
+fn same(msg: &Message) -> Output {
+    Output {
+        node: None,
+        payload: msg.payload.clone(),
+        context: msg.context.clone(),
+    }
+}
