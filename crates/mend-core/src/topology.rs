@@ -122,7 +122,10 @@ impl Node {
 pub type RetryPolicy = RetryDoc;
 
 #[derive(Debug)]
-#[expect(clippy::large_enum_variant, reason = "one per node, built once at load; boxing buys nothing")]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one per node, built once at load; boxing buys nothing"
+)]
 pub enum NodeKind {
     Http(HttpSpec),
     Switch(SwitchSpec),
