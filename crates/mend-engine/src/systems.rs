@@ -34,21 +34,22 @@ pub(crate) fn resolve_all(
                 "system `{sname}` of topology `{tname}` ({})",
                 t.file.display()
             );
+            // Report every problem of every system, not only the first.
             let base_url = match interpolate(&s.url, env) {
-                Ok(u) => u,
+                Ok(u) if u.starts_with("http://") || u.starts_with("https://") => u,
+                Ok(u) => {
+                    problems.push(format!(
+                        "{place}: url `{u}` must start with http:// or https://"
+                    ));
+                    String::new()
+                }
                 Err(var) => {
                     problems.push(format!(
                         "{place}: environment variable {var} is not set (used in its url)"
                     ));
-                    continue;
+                    String::new()
                 }
             };
-            if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
-                problems.push(format!(
-                    "{place}: url `{base_url}` must start with http:// or https://"
-                ));
-                continue;
-            }
             let mut headers = HeaderMap::new();
             let mut basic = None;
             let mut add = |name: &str, value: String, problems: &mut Vec<String>| match (
