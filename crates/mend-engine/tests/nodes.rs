@@ -169,43 +169,41 @@ fn count(r: &ProcessReport, node: &str, outcome: &str) -> u64 {
 #[tokio::test]
 async fn http_renders_url_query_headers_and_json_body_and_passes_the_response_on() {
     let (url, seen) = server(|_, _| json_reply(201, json!({"created": true, "sku": "A-1"}))).await;
-    let topology = format!(
-        r#"
+    let topology = r#"
 name: push
 systems:
   target:
-    url: "${{TARGET_URL}}"
-    auth: {{ bearer_env: TARGET_TOKEN }}
-    headers: {{ X-Static: yes }}
+    url: "${TARGET_URL}"
+    auth: { bearer_env: TARGET_TOKEN }
+    headers: { X-Static: yes }
 events:
   run: send
 nodes:
   send:
     http:
       system: target
-      put: "/products/{{{{ payload.id }}}}"
-      query: {{ lang: "{{{{ payload.lang | default('en') }}}}" }}
-      headers: {{ X-Process: "{{{{ process_id }}}}" }}
-      json: {{ id: "{{{{ payload.id }}}}", title: "{{{{ payload.name | upper }}}}", tags: ["t-{{{{ payload.id }}}}"] }}
+      put: "/products/{{ payload.id }}"
+      query: { lang: "{{ payload.lang | default('en') }}" }
+      headers: { X-Process: "{{ process_id }}" }
+      json: { id: "{{ payload.id }}", title: "{{ payload.name | upper }}", tags: ["t-{{ payload.id }}"] }
       idempotency_header: Idempotency-Key
     next: after
   after:
     switch:
       cases:
-        - {{ when: "response.status == 201 and response.body.sku == 'A-1'", outcome: seen }}
-    next: {{ seen: keep }}
+        - { when: "response.status == 201 and response.body.sku == 'A-1'", outcome: seen }
+    next: { seen: keep }
   keep:
-    map: "{{id, sku: $response.body.sku}}"
+    map: "{id, sku: $response.body.sku}"
     next: end
   end:
     map: "."
-"#
-    );
+"#;
     let env = HashMap::from([
         ("TARGET_URL".to_owned(), url),
         ("TARGET_TOKEN".to_owned(), "s3cret".to_owned()),
     ]);
-    let h = Harness::new(&[&topology], env).await;
+    let h = Harness::new(&[topology], env).await;
     let report = h.run("push", json!({"id": 7, "name": "lamp"})).await;
     assert_eq!(report.messages.trash, 0, "{report:#?}");
     assert_eq!(count(&report, "send", "ok"), 1);
