@@ -174,6 +174,15 @@ pub fn load_sources(files: Vec<(PathBuf, String)>) -> Result<Catalog, ConfigErro
             }
         }
     }
+    // Files in load order, each file's errors top to bottom.
+    let order: Vec<PathBuf> = name_places.values().cloned().collect();
+    errors.sort_by_key(|e| {
+        let file_rank = order
+            .iter()
+            .position(|f| *f == e.file)
+            .unwrap_or(usize::MAX);
+        (file_rank, e.file.clone(), e.line, e.column)
+    });
     if errors.is_empty() {
         Ok(Catalog {
             topologies: topologies
@@ -447,7 +456,8 @@ impl Checker {
                 queue.extend(node.edges.values().map(String::as_str));
             }
         }
-        let all_compiled = nodes.len() == doc.nodes.len();
+        // Only on an otherwise clean file: after a broken edge, "unreachable" is noise.
+        let all_compiled = self.errors.is_empty();
         for (nname, ndoc) in &doc.nodes {
             if all_compiled
                 && !seen.contains(nname.as_str())

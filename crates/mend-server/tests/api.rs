@@ -1,0 +1,213 @@
+//! The HTTP API against a real server on 127.0.0.1: start events, process reports, webhooks,
+//! and clear 4xx answers for bad input.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mend_core::load::load_sources;
+use mend_engine::{Engine, EngineConfig};
+use mend_store_sqlite::SqliteStore;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+const TOPOLOGY: &str = r#"
+name: echo
+events:
+  run: shape
+  hook: { node: shape, webhook: { token_env: MEND_TEST_HOOK_TOKEN } }
+nodes:
+  shape:
+    map: "{n: (.n + 1)}"
+"#;
+
+struct Api {
+    base: String,
+    client: reqwest::Client,
+    token: CancellationToken,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Api {
+    fn drop(&mut self) {
+        self.token.cancel();
+    }
+}
+
+async fn api() -> Api {
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = load_sources(vec![(PathBuf::from("echo.yaml"), TOPOLOGY.to_owned())]).unwrap();
+    let store = SqliteStore::open(&dir.path().join("mend.db")).unwrap();
+    let config = EngineConfig {
+        poll: Duration::from_millis(20),
+        ..EngineConfig::default()
+    };
+    let engine = Engine::new(store, Arc::new(catalog), config).await.unwrap();
+    let token = CancellationToken::new();
+    let (runner, t) = (engine.clone(), token.clone());
+    tokio::spawn(async move { runner.run(t).await.unwrap() });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let t = token.clone();
+    tokio::spawn(mend_server::serve(listener, engine, async move {
+        t.cancelled().await
+    }));
+    Api {
+        base,
+        client: reqwest::Client::new(),
+        token,
+        _dir: dir,
+    }
+}
+
+impl Api {
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&str>,
+        headers: &[(&str, &str)],
+    ) -> (u16, Value) {
+        let mut req = self.client.request(method, format!("{}{path}", self.base));
+        if let Some(b) = body {
+            req = req
+                .header("content-type", "application/json")
+                .body(b.to_owned());
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let bytes = resp.bytes().await.unwrap();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
+    }
+
+    async fn post(&self, path: &str, body: &str) -> (u16, Value) {
+        self.send(reqwest::Method::POST, path, Some(body), &[])
+            .await
+    }
+
+    async fn get(&self, path: &str) -> (u16, Value) {
+        self.send(reqwest::Method::GET, path, None, &[]).await
+    }
+
+    async fn wait_done(&self, id: &str) -> Value {
+        for _ in 0..500 {
+            let (status, report) = self.get(&format!("/api/processes/{id}")).await;
+            assert_eq!(status, 200, "{report}");
+            if report["state"] == "done" {
+                return report;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("process {id} did not finish");
+    }
+}
+
+#[tokio::test]
+async fn a_start_event_opens_a_process_whose_report_adds_up() {
+    let api = api().await;
+    let (status, body) = api
+        .post("/api/topologies/echo/events/run", r#"{"n": 41}"#)
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let id = body["process_id"].as_str().unwrap().to_owned();
+    let report = api.wait_done(&id).await;
+    assert_eq!(report["messages"]["total"], 1);
+    assert_eq!(report["messages"]["done"], 1);
+    assert_eq!(report["nodes"]["shape"]["ok"], 1);
+    assert!(report["duration_ms"].as_i64().unwrap() >= 0);
+    let (status, list) = api.get("/api/topologies").await;
+    assert_eq!(status, 200);
+    assert_eq!(list[0]["name"], "echo");
+    assert_eq!(list[0]["events"][1]["webhook"], true);
+    let (status, health) = api.get("/health").await;
+    assert_eq!((status, health["status"].as_str()), (200, Some("ok")));
+}
+
+#[tokio::test]
+async fn bad_requests_get_a_4xx_with_a_message() {
+    let api = api().await;
+    let (status, body) = api
+        .post("/api/topologies/echo/events/run", "{not json")
+        .await;
+    assert_eq!(status, 400);
+    assert!(
+        body["error"].as_str().unwrap().contains("not valid JSON"),
+        "{body}"
+    );
+
+    let (status, body) = api.post("/api/topologies/nope/events/run", "{}").await;
+    assert_eq!(status, 404);
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("unknown topology `nope`"),
+        "{body}"
+    );
+
+    let (status, body) = api.post("/api/topologies/echo/events/nope", "{}").await;
+    assert_eq!(status, 404);
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("no start event `nope`"),
+        "{body}"
+    );
+
+    let (status, body) = api.get("/api/processes/not-a-uuid").await;
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = api
+        .get("/api/processes/01a23cd6-f1a0-70ef-8964-4ad14d216989")
+        .await;
+    assert_eq!(status, 404);
+    assert!(
+        body["error"].as_str().unwrap().contains("no process"),
+        "{body}"
+    );
+
+    let (status, body) = api.get("/api/nothing/here").await;
+    assert_eq!(status, 404);
+    assert!(body["error"].is_string());
+}
+
+#[tokio::test]
+async fn webhooks_need_their_token() {
+    // The variable name is unique to this test, so setting it cannot disturb other tests.
+    // SAFETY: no other thread of this test binary reads or writes MEND_TEST_HOOK_TOKEN.
+    unsafe { std::env::set_var("MEND_TEST_HOOK_TOKEN", "hook-secret") };
+    let api = api().await;
+    let (status, body) = api.post("/hooks/echo/hook", r#"{"n": 1}"#).await;
+    assert_eq!(status, 401, "{body}");
+    let (status, _) = api
+        .send(
+            reqwest::Method::POST,
+            "/hooks/echo/hook",
+            Some("{}"),
+            &[("authorization", "Bearer wrong")],
+        )
+        .await;
+    assert_eq!(status, 401);
+    let (status, body) = api.post("/hooks/echo/run", "{}").await;
+    assert_eq!(
+        status, 404,
+        "an event without a webhook is not a webhook: {body}"
+    );
+    let (status, body) = api
+        .send(
+            reqwest::Method::POST,
+            "/hooks/echo/hook",
+            Some(r#"{"n": 1}"#),
+            &[("authorization", "Bearer hook-secret")],
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let report = api.wait_done(body["process_id"].as_str().unwrap()).await;
+    assert_eq!(report["event"], "hook");
+}
