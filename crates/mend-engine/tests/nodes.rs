@@ -379,7 +379,8 @@ nodes:
     );
 }
 
-#[tokio::test]
+// Multi-threaded: the slow handler blocks its thread, the engine's timer must keep running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn retry_after_is_honoured_and_timeouts_and_refused_connections_are_retried() {
     let (url, seen) = server(|req, n| {
         if req.path == "/slow" {
@@ -673,5 +674,69 @@ nodes:
     assert!(
         err.contains("ALSO_NOT_SET"),
         "every missing variable is named: {err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn node_concurrency_bounds_requests_in_flight() {
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    #[derive(Clone, Default)]
+    struct Gauge {
+        now: Arc<AtomicUsize>,
+        peak: Arc<AtomicUsize>,
+        total: Arc<AtomicUsize>,
+    }
+    async fn slow(State(g): State<Gauge>) -> StatusCode {
+        let now = g.now.fetch_add(1, SeqCst) + 1;
+        g.peak.fetch_max(now, SeqCst);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        g.now.fetch_sub(1, SeqCst);
+        g.total.fetch_add(1, SeqCst);
+        StatusCode::OK
+    }
+    let gauge = Gauge::default();
+    let app = Router::new()
+        .route("/x", axum::routing::post(slow))
+        .with_state(gauge.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let topology = |limit: u32| {
+        format!(
+            r#"
+name: bounded
+events:
+  run: fan
+nodes:
+  fan:
+    split: {{ items: .items }}
+    next: call
+  call:
+    http: {{ post: "{url}/x" }}
+    concurrency: {limit}
+"#
+        )
+    };
+    // With a limit of 2 the server never sees a third request at once...
+    let h = Harness::new(&[&topology(2)], HashMap::new()).await;
+    let report = h
+        .run("bounded", json!({"items": (0..30).collect::<Vec<_>>()}))
+        .await;
+    assert_eq!(count(&report, "call", "ok"), 30);
+    assert_eq!(gauge.total.load(SeqCst), 30);
+    let peak = gauge.peak.load(SeqCst);
+    assert!(
+        (1..=2).contains(&peak),
+        "at most 2 requests at once, saw {peak}"
+    );
+    drop(h);
+    // ...and with a limit of 8 the same run does overlap, so the check above can fail.
+    gauge.peak.store(0, SeqCst);
+    let h = Harness::new(&[&topology(8)], HashMap::new()).await;
+    h.run("bounded", json!({"items": (0..30).collect::<Vec<_>>()}))
+        .await;
+    assert!(
+        gauge.peak.load(SeqCst) > 2,
+        "requests overlap without the limit"
     );
 }
