@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context as _, anyhow};
 use clap::{Args, Parser, Subcommand};
@@ -274,8 +274,9 @@ async fn run_embedded(cli: &Cli, args: &RunArgs) -> Result<u8, Failure> {
         let token = token.clone();
         tokio::spawn(async move { engine.run(token).await })
     };
+    let reports = Reports::Local(engine.store().clone());
     let outcome = tokio::select! {
-        r = follow(engine.store(), id, args.wait && !args.json) => r,
+        r = follow(&reports, id, args.wait && !args.json) => r,
         _ = shutdown_signal() => Err(runtime(anyhow!("interrupted; process {id} is kept in the store and continues at the next `mend run` or `mend serve`"))),
     };
     token.cancel();
@@ -284,57 +285,119 @@ async fn run_embedded(cli: &Cli, args: &RunArgs) -> Result<u8, Failure> {
         Ok(Err(e)) => return Err(runtime(e)),
         Err(e) => return Err(runtime(anyhow!("the engine task failed: {e}"))),
     }
-    let report = outcome?;
-    finish(&report, args)
+    let (report, tree) = outcome?;
+    finish(&report, &tree, args)
 }
 
-fn finish(report: &ProcessReport, args: &RunArgs) -> Result<u8, Failure> {
-    if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&mend_server::report_json(report)).unwrap_or_default()
-        );
-    } else if args.wait {
-        print!("{}", report::human(report));
-    } else {
-        println!("{}", report::summary(report));
+/// Where reports come from: the store itself, or a server's API.
+enum Reports {
+    Local(SqliteStore),
+    Remote {
+        client: reqwest::Client,
+        base: String,
+    },
+}
+
+impl Reports {
+    async fn get(&self, id: ProcessId) -> Result<Option<ProcessReport>, Failure> {
+        match self {
+            Reports::Local(store) => store.process_report(id).await.map_err(runtime),
+            Reports::Remote { client, base } => {
+                let resp = client
+                    .get(format!("{base}/api/processes/{id}"))
+                    .send()
+                    .await
+                    .map_err(|e| runtime(anyhow!("lost the server at {base}: {e}")))?;
+                if resp.status() == reqwest::StatusCode::NOT_FOUND {
+                    return Ok(None);
+                }
+                let bytes = resp.bytes().await.map_err(runtime)?;
+                serde_json::from_slice(&bytes)
+                    .map(Some)
+                    .map_err(|e| runtime(anyhow!("unexpected report from the server: {e}")))
+            }
+        }
     }
-    Ok(if report.messages.trash > 0 { 1 } else { 0 })
 }
 
-/// Waits for the process to finish, showing progress on stderr when asked.
+/// What a process and every process it started (directly or not) add up to: RUN waits for
+/// all the work it caused, and its exit code counts every trash entry of it.
+struct Tree {
+    done: bool,
+    processes: u64,
+    trash: u64,
+}
+
+async fn tree(reports: &Reports, root: &ProcessReport) -> Result<Tree, Failure> {
+    let mut t = Tree {
+        done: root.is_done(),
+        processes: 1,
+        trash: root.messages.trash,
+    };
+    let mut pending: Vec<ProcessId> = root.children.clone();
+    while let Some(id) = pending.pop() {
+        let r = reports
+            .get(id)
+            .await?
+            .ok_or_else(|| runtime(anyhow!("process {id} vanished")))?;
+        t.done &= r.is_done();
+        t.processes += 1;
+        t.trash += r.messages.trash;
+        pending.extend(r.children);
+    }
+    Ok(t)
+}
+
+/// Waits until the process and everything it started are done, showing progress on stderr
+/// when asked.
 async fn follow(
-    store: &SqliteStore,
+    reports: &Reports,
     id: ProcessId,
     progress: bool,
-) -> Result<ProcessReport, Failure> {
+) -> Result<(ProcessReport, Tree), Failure> {
     let mut view = report::Progress::new(progress);
     loop {
-        let report = store
-            .process_report(id)
-            .await
-            .map_err(runtime)?
-            .ok_or_else(|| runtime(anyhow!("process {id} vanished from the store")))?;
+        let report = reports
+            .get(id)
+            .await?
+            .ok_or_else(|| runtime(anyhow!("process {id} is not in the store")))?;
         view.update(&report);
-        if report.is_done() && descendants_done(store, &report).await? {
-            view.finish();
-            return Ok(report);
+        if report.is_done() {
+            let t = tree(reports, &report).await?;
+            if t.done {
+                view.finish();
+                return Ok((report, t));
+            }
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
-/// Whether every process started (directly or not) by `root` is done: RUN waits for all the
-/// work it caused, not only for its own messages.
-async fn descendants_done(store: &SqliteStore, root: &ProcessReport) -> Result<bool, Failure> {
-    let mut pending: Vec<ProcessId> = root.children.clone();
-    while let Some(id) = pending.pop() {
-        match store.process_report(id).await.map_err(runtime)? {
-            Some(r) if r.is_done() => pending.extend(r.children),
-            _ => return Ok(false),
+fn finish(report: &ProcessReport, tree: &Tree, args: &RunArgs) -> Result<u8, Failure> {
+    if args.json {
+        let mut value = mend_server::report_json(report);
+        if let Value::Object(map) = &mut value {
+            map.insert(
+                "tree".into(),
+                serde_json::json!({ "processes": tree.processes, "trash": tree.trash }),
+            );
         }
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&value).unwrap_or_default()
+        );
+    } else if args.wait {
+        print!("{}", report::human(report));
+        if tree.processes > 1 {
+            println!(
+                "with the processes it started: {} processes, {} in trash",
+                tree.processes, tree.trash
+            );
+        }
+    } else {
+        println!("{}", report::summary(report));
     }
-    Ok(true)
+    Ok(if tree.trash > 0 { 1 } else { 0 })
 }
 
 async fn run_remote(args: &RunArgs) -> Result<u8, Failure> {
@@ -387,30 +450,9 @@ async fn run_remote(args: &RunArgs) -> Result<u8, Failure> {
         println!("{id}");
         return Ok(0);
     }
-    let mut view = report::Progress::new(!args.json);
-    let started = Instant::now();
-    loop {
-        let resp = client
-            .get(format!("{base}/api/processes/{id}"))
-            .send()
-            .await
-            .map_err(|e| runtime(anyhow!("lost the server at {base}: {e}")))?;
-        let bytes = resp.bytes().await.map_err(runtime)?;
-        let value: Value = serde_json::from_slice(&bytes)
-            .map_err(|e| runtime(anyhow!("unexpected answer from the server: {e}")))?;
-        let report: ProcessReport = serde_json::from_value(value)
-            .map_err(|e| runtime(anyhow!("unexpected report from the server: {e}")))?;
-        view.update(&report);
-        if report.is_done() {
-            view.finish();
-            tracing::debug!(
-                elapsed_ms = started.elapsed().as_millis() as u64,
-                "remote process done"
-            );
-            return finish(&report, args);
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let reports = Reports::Remote { client, base };
+    let (report, tree) = follow(&reports, id, !args.json).await?;
+    finish(&report, &tree, args)
 }
 
 async fn serve(cli: &Cli, args: &ServeArgs) -> Result<u8, Failure> {

@@ -126,7 +126,7 @@ pub fn human(r: &ProcessReport) -> String {
     if !r.children.is_empty() {
         let _ = writeln!(
             out,
-            "\nstarted {} process(es) in other topologies",
+            "\nstarted {} other process(es) with `send`",
             r.children.len()
         );
     }

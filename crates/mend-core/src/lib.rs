@@ -1,5 +1,6 @@
-//! The domain of mend, with no I/O: ids, messages, durations, templates, jq programs and the
-//! topology model with its loader and validator.
+//! The domain of mend, with no network or database I/O: ids, messages, durations, templates,
+//! jq programs and the topology model with its loader (which reads the topology files) and
+//! validator.
 
 pub mod clock;
 pub mod config;

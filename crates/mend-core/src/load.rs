@@ -49,7 +49,7 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-/// All errors of one load, in file order.
+/// All errors of one load, sorted by file and place.
 #[derive(Debug)]
 pub struct ConfigErrors(pub Vec<ConfigError>);
 
@@ -583,7 +583,7 @@ impl Checker {
         })
     }
 
-    #[allow(
+    #[expect(
         clippy::too_many_arguments,
         reason = "one call site; splitting the context would only move the arguments"
     )]

@@ -33,15 +33,16 @@ pub struct Response {
     pub body: Value,
 }
 
-/// A split's position: the page counter, the next-page link, and the offset into the items.
+/// A split's position: the page counter or the next-page link, or a chunk of items.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Cursor {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub page: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next: Option<String>,
+    /// The payload is a ready list of items (a chunk of a large array).
     #[serde(default)]
-    pub offset: usize,
+    pub chunk: bool,
     /// Pages fetched so far (guards `max_pages`).
     #[serde(default)]
     pub pages: u64,

@@ -274,39 +274,43 @@ impl<S: mend_store::Store> Inner<S> {
         let pid = Value::String(msg.process_id.to_string());
         let mid = Value::String(msg.id.to_string());
         let Some(http) = &spec.http else {
-            // Items from the payload, `chunk` per step.
-            let resp = response_var(msg.context.response.as_ref());
-            let items = match spec.items.run(&msg.payload, &[&headers, &resp, &pid, &mid]) {
-                Ok(v) => flatten_items(v),
-                Err(e) => return Step::fail("error", format!("split items: {e}")),
+            // Items from the payload. At most `chunk` items leave per step: the first chunk
+            // at once, the rest as chunk messages back to this node, each holding its own
+            // items, so the work stays linear in the number of items.
+            let items = if cursor.chunk {
+                match msg.payload.as_array() {
+                    Some(a) => a.clone(),
+                    None => return Step::fail("error", "split chunk is not an array".into()),
+                }
+            } else {
+                let resp = response_var(msg.context.response.as_ref());
+                match spec.items.run(&msg.payload, &[&headers, &resp, &pid, &mid]) {
+                    Ok(v) => flatten_items(v),
+                    Err(e) => return Step::fail("error", format!("split items: {e}")),
+                }
             };
-            let len = items.len();
-            let start = cursor.offset.min(len);
-            let end = (start + spec.chunk).min(len);
-            let mut outputs: Vec<Output> = items
-                .into_iter()
-                .skip(start)
-                .take(end - start)
+            let mut chunks = items.chunks(spec.chunk.max(1));
+            let mut outputs: Vec<Output> = chunks
+                .next()
+                .unwrap_or_default()
+                .iter()
                 .map(|payload| Output {
                     node: None,
-                    payload,
+                    payload: payload.clone(),
                     context: Context::default(),
                 })
                 .collect();
-            if end < len {
-                // More items than one step emits: continue at `end` in another step.
-                outputs.push(Output {
-                    node: Some(msg.node.clone()),
-                    payload: msg.payload.clone(),
-                    context: Context {
-                        response: msg.context.response.clone(),
-                        cursor: Some(Cursor {
-                            offset: end,
-                            ..cursor
-                        }),
-                    },
-                });
-            }
+            outputs.extend(chunks.map(|chunk| Output {
+                node: Some(msg.node.clone()),
+                payload: Value::Array(chunk.to_vec()),
+                context: Context {
+                    response: None,
+                    cursor: Some(Cursor {
+                        chunk: true,
+                        ..Cursor::default()
+                    }),
+                },
+            }));
             return Step::route(outcome::ITEM, outputs);
         };
 
@@ -360,7 +364,7 @@ impl<S: mend_store::Store> Inner<S> {
             Paging::Counter { start } => Some(Cursor {
                 page: Some(page.unwrap_or(*start) + 1),
                 next: None,
-                offset: 0,
+                chunk: false,
                 pages,
             }),
             Paging::NextLink(jq) => match jq.run(&reply.response.body, &[]) {
@@ -368,7 +372,7 @@ impl<S: mend_store::Store> Inner<S> {
                     Some(Value::String(link)) if !link.is_empty() => Some(Cursor {
                         page: None,
                         next: Some(link),
-                        offset: 0,
+                        chunk: false,
                         pages,
                     }),
                     _ => None,
@@ -384,6 +388,14 @@ impl<S: mend_store::Store> Inner<S> {
                 context: Context::default(),
             })
             .collect();
+        if next_cursor.is_some() && pages >= spec.max_pages {
+            tracing::warn!(
+                message = %msg.id,
+                node = msg.node,
+                max_pages = spec.max_pages,
+                "split stopped at max_pages although the source has more pages"
+            );
+        }
         if let Some(c) = next_cursor
             && pages < spec.max_pages
         {
@@ -423,6 +435,7 @@ impl<S: mend_store::Store> Inner<S> {
             ),
             None => None,
         };
+        let paged_link = url_override.is_some();
         let target = match url_override {
             Some(u) => u,
             None => topo
@@ -455,7 +468,8 @@ impl<S: mend_store::Store> Inner<S> {
             .or(system.and_then(|s| s.timeout))
             .unwrap_or(self.config.default_timeout);
         req = req.timeout(timeout);
-        if !spec.query.is_empty() {
+        // A next-page link already carries its query.
+        if !spec.query.is_empty() && !paged_link {
             let mut pairs = Vec::with_capacity(spec.query.len());
             for (k, t) in &spec.query {
                 pairs.push((

@@ -262,32 +262,35 @@ impl<S: Store> Engine<S> {
         inner.store.recover_expired(now_ms()).await?;
         let mut rotate = 0usize;
         let mut store_errors = 0u32;
+        let workers = inner.config.workers.max(1);
+        // Claim when a useful batch of capacity is free, not for every single finished step:
+        // each claim is a store transaction.
+        let refill = (workers / 4).max(1);
         while !shutdown.is_cancelled() {
-            let mut budget = inner.global.available_permits() as u32;
-            if budget == 0 {
+            let budget = inner.global.available_permits() as u32;
+            let busy = budget < workers;
+            if budget == 0 || (busy && budget < refill) {
                 tokio::select! {
                     _ = inner.freed.notified() => {}
+                    _ = tokio::time::sleep(inner.config.poll) => {}
                     _ = shutdown.cancelled() => {}
                 }
                 continue;
             }
-            let mut nodes = Vec::new();
+            // Every node with room asks for up to its room; the store stops at `budget` in
+            // all. The starting node rotates so no node starves behind a busy one.
             let n = inner.limits.len();
-            for i in 0..n {
-                let (t, node, sem) = &inner.limits[(i + rotate) % n.max(1)];
-                let free = (sem.available_permits() as u32).min(budget);
-                if free > 0 {
-                    nodes.push(NodeCapacity {
+            let nodes: Vec<NodeCapacity> = (0..n)
+                .map(|i| &inner.limits[(i + rotate) % n])
+                .filter_map(|(t, node, sem)| {
+                    let free = (sem.available_permits() as u32).min(budget);
+                    (free > 0).then(|| NodeCapacity {
                         topology: t.clone(),
                         node: node.clone(),
                         max: free,
-                    });
-                    budget -= free;
-                }
-                if budget == 0 {
-                    break;
-                }
-            }
+                    })
+                })
+                .collect();
             rotate = rotate.wrapping_add(1);
             if nodes.is_empty() {
                 tokio::select! {
@@ -303,6 +306,7 @@ impl<S: Store> Engine<S> {
                     worker: inner.config.worker_id.clone(),
                     now,
                     lease_until: now + inner.config.lease.as_millis() as i64,
+                    limit: budget,
                     nodes,
                 })
                 .await
@@ -339,9 +343,14 @@ impl<S: Store> Engine<S> {
                 });
             }
         }
-        background.cancel();
         tracker.close();
-        if tokio::time::timeout(inner.config.shutdown_grace, tracker.wait())
+        // Running steps may finish; the lease keeper runs on meanwhile so their claims hold.
+        let steps = async {
+            while tracker.len() > 1 + usize::from(inner.config.cron) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        if tokio::time::timeout(inner.config.shutdown_grace, steps)
             .await
             .is_err()
         {
@@ -349,6 +358,8 @@ impl<S: Store> Engine<S> {
                 "steps still running after the shutdown grace period; releasing their claims"
             );
         }
+        background.cancel();
+        tracker.wait().await;
         let released = inner.store.release_claims(&inner.config.worker_id).await?;
         if released > 0 {
             tracing::info!(
@@ -419,7 +430,20 @@ impl<S: Store> Inner<S> {
     async fn work(&self, msg: mend_core::message::Message) {
         let started = now_ms();
         let topo = self.catalog.get(&msg.topology).cloned();
+        let interrupted = topo
+            .as_ref()
+            .and_then(|t| t.nodes.get(&msg.node))
+            .is_some_and(|n| msg.attempt >= n.retry.attempts);
         let step = match &topo {
+            // Only recovery after a crashed step raises `attempt` to the limit: this message
+            // stopped its worker every time it ran, so stop trying.
+            Some(_) if interrupted => Step::fail(
+                "interrupted",
+                format!(
+                    "the step was interrupted {} times (the engine stopped while running it)",
+                    msg.attempt
+                ),
+            ),
             Some(t) => self.run_node(t, &msg).await,
             None => Step::fail(
                 "error",

@@ -147,6 +147,21 @@ async fn start_event<S: Store>(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
+    // A webhook event is guarded by its token: it is started at /hooks, not here, until the
+    // API itself requires authentication.
+    if let Some(e) = engine
+        .catalog()
+        .get(&topology)
+        .and_then(|t| t.events.get(&event))
+        && e.webhook.is_some()
+    {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!(
+                "`{event}` is a webhook event: POST it to /hooks/{topology}/{event} with its token"
+            ),
+        ));
+    }
     let payload = parse_body(&body)?;
     let id = engine
         .start(&topology, &event, payload, message_headers(&headers))

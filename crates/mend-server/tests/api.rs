@@ -199,6 +199,11 @@ async fn webhooks_need_their_token() {
         status, 404,
         "an event without a webhook is not a webhook: {body}"
     );
+    let (status, body) = api.post("/api/topologies/echo/events/hook", "{}").await;
+    assert_eq!(
+        status, 403,
+        "the API does not bypass the webhook's token: {body}"
+    );
     let (status, body) = api
         .send(
             reqwest::Method::POST,

@@ -258,8 +258,14 @@ fn claim(conn: &Connection, req: &ClaimRequest) -> Result<Vec<Message>> {
         )
         .map_err(backend)?;
     for cap in req.nodes.iter().filter(|c| c.max > 0) {
+        let room = (req.limit as usize)
+            .saturating_sub(out.len())
+            .min(cap.max as usize);
+        if room == 0 {
+            break;
+        }
         let rows = select
-            .query_map(params![cap.topology, cap.node, req.now, cap.max], |r| {
+            .query_map(params![cap.topology, cap.node, req.now, room as i64], |r| {
                 Ok((
                     row_to_message(r)?,
                     r.get::<_, u32>(8)?,
@@ -578,13 +584,11 @@ impl MessageStore for SqliteStore {
             .inner
             .writer
             .exec(move |conn| {
-                conn.execute(
-                    "UPDATE messages SET state = 'queued', claimed_by = NULL, lease_until = NULL
-                     WHERE state = 'running' AND lease_until < ?1",
-                    params![now],
-                )
-                .map(|n| n as u64)
-                .map_err(backend)
+                conn.execute(include_str!("../queries/recover_record.sql"), params![now])
+                    .map_err(backend)?;
+                conn.execute(include_str!("../queries/recover_requeue.sql"), params![now])
+                    .map(|n| n as u64)
+                    .map_err(backend)
             })
             .await?;
         if n > 0 {

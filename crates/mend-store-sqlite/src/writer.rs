@@ -97,7 +97,9 @@ fn run(conn: Connection, rx: mpsc::Receiver<Job>) {
         }
         for job in jobs {
             if let Err(e) = conn.execute_batch("SAVEPOINT job") {
-                tracing::error!(error = %e, "cannot open a savepoint; skipping a job");
+                let err = backend(e);
+                let (_, respond) = job(Err(err.clone()));
+                respond(Err(err));
                 continue;
             }
             let (ok, respond) = job(Ok(&conn));

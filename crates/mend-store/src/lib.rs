@@ -76,6 +76,8 @@ pub struct ClaimRequest {
     pub worker: String,
     pub now: i64,
     pub lease_until: i64,
+    /// At most this many messages in all.
+    pub limit: u32,
     pub nodes: Vec<NodeCapacity>,
 }
 
@@ -167,7 +169,7 @@ pub struct ProcessReport {
     pub created_at: i64,
     pub finished_at: Option<i64>,
     pub messages: MessageCounts,
-    /// Node → outcome → count, in topology order as first seen.
+    /// Node → outcome → count, in the order first recorded.
     pub nodes: IndexMap<String, IndexMap<String, u64>>,
     pub trash: Vec<TrashEntry>,
     /// Processes started by this one's `send` nodes.
