@@ -180,6 +180,18 @@ pub struct NodeDoc {
     /// Start another topology's event (or this one's).
     #[serde(default)]
     pub send: Option<Spanned<SendDoc>>,
+    /// Ask a system whether a prerequisite exists (`exists` / `missing`), through a cache.
+    #[serde(default)]
+    pub check: Option<Spanned<CheckDoc>>,
+    /// Wait under a key until it is released; the first to wait asks a sync for it.
+    #[serde(default)]
+    pub park: Option<Spanned<ParkDoc>>,
+    /// Release a key: every message parked under it resumes.
+    #[serde(default)]
+    pub release: Option<Spanned<ReleaseDoc>>,
+    /// Prerequisites of this node, by name; each expands into check → park → sync → resume.
+    #[serde(default)]
+    pub requires: IndexMap<String, Spanned<RequiresDoc>>,
     #[serde(default)]
     pub next: Option<Spanned<NextDoc>>,
     #[serde(default)]
@@ -292,6 +304,145 @@ pub struct SendDoc {
     /// The new process's payload (a JSON template); defaults to this message's payload.
     #[serde(default)]
     pub data: Option<Spanned<Value>>,
+}
+
+/// The request of a check: the same keys as `http` (`system`, `get:` ...), minus the body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckDoc {
+    #[serde(default)]
+    pub system: Option<Spanned<String>>,
+    #[serde(default)]
+    pub get: Option<Spanned<String>>,
+    #[serde(default)]
+    pub method: Option<Spanned<String>>,
+    #[serde(default)]
+    pub url: Option<Spanned<String>>,
+    #[serde(default)]
+    pub query: IndexMap<String, Spanned<String>>,
+    #[serde(default)]
+    pub headers: IndexMap<String, Spanned<String>>,
+    #[serde(default)]
+    pub timeout: Option<Dur>,
+    /// The cache key, e.g. `category:{{ payload.category_id }}` (in `requires`, the
+    /// requirement's key).
+    #[serde(default)]
+    pub key: Option<Spanned<String>>,
+    /// When the answer means "exists" (default: a 2xx status). Sees `status` and `body`.
+    #[serde(default)]
+    pub exists: Option<Spanned<String>>,
+    /// When the answer means "missing" (default: status 404).
+    #[serde(default)]
+    pub missing: Option<Spanned<String>>,
+    #[serde(default)]
+    pub cache: Option<CacheDoc>,
+}
+
+impl CheckDoc {
+    /// The request part as an `http` document.
+    pub fn request(&self) -> HttpDoc {
+        HttpDoc {
+            system: self.system.clone(),
+            get: self.get.clone(),
+            method: self.method.clone(),
+            url: self.url.clone(),
+            query: self.query.clone(),
+            headers: self.headers.clone(),
+            timeout: self.timeout,
+            ..HttpDoc::default()
+        }
+    }
+}
+
+/// A named TTL cache of existence answers: in each engine, in front of the store's.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheDoc {
+    /// Defaults to the requirement's name (or the check node's).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// How long "exists" is believed (default 10m).
+    #[serde(default = "CacheDoc::default_ttl")]
+    pub ttl: Dur,
+    /// How long "missing" is believed (default 0: not cached).
+    #[serde(default)]
+    pub negative_ttl: Dur,
+}
+
+impl CacheDoc {
+    fn default_ttl() -> Dur {
+        Dur::from_secs(600)
+    }
+}
+
+impl Default for CacheDoc {
+    fn default() -> Self {
+        Self {
+            name: None,
+            ttl: Self::default_ttl(),
+            negative_ttl: Dur::default(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ParkDoc {
+    /// e.g. `category:{{ payload.category_id }}`.
+    pub key: Spanned<String>,
+    /// The node the message continues at once the key is released.
+    pub resume: Spanned<String>,
+    /// The sync to ask, once per key while it is in flight.
+    #[serde(default)]
+    pub sync: Option<Spanned<SendDoc>>,
+    /// After this long parked, the message goes to the trash.
+    #[serde(default)]
+    pub max_wait: Option<Dur>,
+    /// On release, mark the key present in this cache.
+    #[serde(default)]
+    pub cache: Option<CacheDoc>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReleaseDoc {
+    pub key: Spanned<String>,
+    /// Mark the key present in this cache (its `ttl`), so resumed messages skip the check.
+    #[serde(default)]
+    pub cache: Option<CacheDoc>,
+}
+
+/// A prerequisite of a node. `mode: check` (default) asks before the node runs;
+/// `mode: optimistic` runs the node first and treats a `missing_response` as missing.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequiresDoc {
+    pub key: Spanned<String>,
+    /// Only when this holds (e.g. `payload.parent_id is not none`).
+    #[serde(default)]
+    pub when: Option<Spanned<String>>,
+    #[serde(default)]
+    pub check: Option<Spanned<CheckDoc>>,
+    #[serde(default)]
+    pub cache: Option<CacheDoc>,
+    pub sync: Spanned<SendDoc>,
+    #[serde(default)]
+    pub max_wait: Option<Dur>,
+    #[serde(default)]
+    pub mode: Option<Spanned<String>>,
+    #[serde(default)]
+    pub missing_response: Option<Spanned<MissingResponseDoc>>,
+}
+
+/// How the target says a prerequisite is missing (optimistic mode).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MissingResponseDoc {
+    /// Status pattern, e.g. `422` or `4xx`.
+    pub status: String,
+    /// Text the response body must contain.
+    #[serde(default)]
+    pub body_contains: Option<String>,
 }
 
 /// Retry policy for outcomes that ask for a retry (5xx, 429, timeouts, connection errors).

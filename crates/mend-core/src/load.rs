@@ -12,14 +12,15 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::config::{
-    AuthDoc, EventDoc, HttpDoc, Location, NextDoc, NodeDoc, Spanned, SplitDoc, TopologyDoc,
+    AuthDoc, CacheDoc, CheckDoc, EventDoc, HttpDoc, Location, NextDoc, NodeDoc, RequiresDoc,
+    SendDoc, Spanned, SplitDoc, TopologyDoc,
 };
 use crate::jq::Jq;
 use crate::template::{TemplateBuilder, Tpl};
 use crate::topology::{
-    Auth, Body, Case, Catalog, CronSpec, Event, HttpSpec, MAP_VARS, MapSpec, Node, NodeKind,
-    Paging, SendSpec, SplitSpec, StatusMap, StatusPattern, SwitchSpec, System, Topology, Webhook,
-    outcome,
+    Auth, Body, CacheSpec, Case, Catalog, CheckSpec, Classifier, CronSpec, Event, HttpSpec,
+    MAP_VARS, MapSpec, Node, NodeKind, Paging, ParkSpec, ReleaseSpec, SendSpec, SplitSpec,
+    StatusMap, StatusPattern, SwitchSpec, System, Topology, Webhook, outcome,
 };
 
 /// One problem in one topology file.
@@ -358,6 +359,7 @@ impl Checker {
                     edges: IndexMap::new(),
                     retry,
                     concurrency: ndoc.value.concurrency,
+                    origin: None,
                 },
             );
             nexts.push((nname.clone(), ndoc));
@@ -445,6 +447,58 @@ impl Checker {
             }
         }
 
+        // A park resumes at a node of this topology.
+        for (nname, ndoc) in &doc.nodes {
+            if let Some(p) = &ndoc.value.park
+                && !known_nodes.contains(&p.value.resume.value)
+            {
+                self.err(
+                    p.value.resume.referenced,
+                    format!("nodes.{nname}.park.resume"),
+                    format!(
+                        "unknown node `{}`; this topology has: {}",
+                        p.value.resume.value,
+                        list(known_nodes.iter())
+                    ),
+                );
+            }
+        }
+
+        // `requires` blocks become generated nodes in front of (or, optimistic, behind) their
+        // node; edges and events that led to the node lead to its first check instead.
+        let mut entries: IndexMap<String, String> = IndexMap::new();
+        for (nname, ndoc) in &doc.nodes {
+            if ndoc.value.requires.is_empty() || !nodes.contains_key(nname) {
+                continue;
+            }
+            let entry = self.expand_requires(
+                &name,
+                nname,
+                &ndoc.value.requires,
+                &mut nodes,
+                &systems,
+                &mut tb,
+                &mut sends,
+            );
+            if entry != *nname {
+                entries.insert(nname.clone(), entry);
+            }
+        }
+        if !entries.is_empty() {
+            for node in nodes.values_mut().filter(|n| n.origin.is_none()) {
+                for target in node.edges.values_mut() {
+                    if let Some(entry) = entries.get(target) {
+                        *target = entry.clone();
+                    }
+                }
+            }
+            for e in events.values_mut() {
+                if let Some(entry) = entries.get(&e.node) {
+                    e.node = entry.clone();
+                }
+            }
+        }
+
         // Reachability: a node that no start event leads to is dead configuration.
         let mut seen: HashSet<&str> = HashSet::new();
         let mut queue: VecDeque<&str> = events.values().map(|e: &Event| e.node.as_str()).collect();
@@ -454,6 +508,9 @@ impl Checker {
             }
             if let Some(node) = nodes.get(n) {
                 queue.extend(node.edges.values().map(String::as_str));
+                if let NodeKind::Park(p) = &node.kind {
+                    queue.push_back(p.resume.as_str());
+                }
             }
         }
         // Only on an otherwise clean file: after a broken edge, "unreachable" is noise.
@@ -604,13 +661,16 @@ impl Checker {
             ("split", n.split.is_some()),
             ("map", n.map.is_some()),
             ("send", n.send.is_some()),
+            ("check", n.check.is_some()),
+            ("park", n.park.is_some()),
+            ("release", n.release.is_some()),
         ]
         .into_iter()
         .filter_map(|(k, set)| set.then_some(k))
         .collect();
         if given.len() != 1 {
             let msg = if given.is_empty() {
-                "a node needs exactly one kind: one of `http`, `switch`, `split`, `map`, `send`"
+                "a node needs exactly one kind: one of `http`, `switch`, `split`, `map`, `send`, `check`, `park`, `release`"
                     .to_owned()
             } else {
                 format!(
@@ -676,8 +736,224 @@ impl Checker {
             });
             return Some(NodeKind::Map(MapSpec { program }));
         }
-        let s = n.send.as_ref()?;
-        let f = format!("{field}.send");
+        if let Some(s) = &n.send {
+            return self
+                .send_spec(topology, &format!("{field}.send"), s, tb, sends)
+                .map(NodeKind::Send);
+        }
+        if let Some(c) = &n.check {
+            let cache = cache_spec(c.value.cache.as_ref(), nname);
+            return self
+                .check_spec(
+                    &c.value,
+                    c.referenced,
+                    &format!("{field}.check"),
+                    (cache, None),
+                    systems,
+                    tb,
+                )
+                .map(NodeKind::Check);
+        }
+        if let Some(p) = &n.park {
+            let f = format!("{field}.park");
+            let key = self.text(tb, &p.value.key, &format!("{f}.key"));
+            let sync = match &p.value.sync {
+                Some(sd) => Some(self.send_spec(topology, &format!("{f}.sync"), sd, tb, sends)?),
+                None => None,
+            };
+            return Some(NodeKind::Park(ParkSpec {
+                key,
+                resume: p.value.resume.value.clone(),
+                sync,
+                max_wait: p.value.max_wait,
+                cache: p.value.cache.as_ref().map(|c| cache_spec(Some(c), nname)),
+            }));
+        }
+        let r = n.release.as_ref()?;
+        let key = self.text(tb, &r.value.key, &format!("{field}.release.key"));
+        Some(NodeKind::Release(ReleaseSpec {
+            key,
+            cache: r.value.cache.as_ref().map(|c| cache_spec(Some(c), nname)),
+        }))
+    }
+
+    /// Expands the `requires` of node `nname` into generated nodes and returns the node that
+    /// messages for `nname` should enter at.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one call site, all of it the loader's state"
+    )]
+    fn expand_requires(
+        &mut self,
+        topology: &str,
+        nname: &str,
+        requires: &IndexMap<String, Spanned<RequiresDoc>>,
+        nodes: &mut IndexMap<String, Node>,
+        systems: &IndexMap<String, System>,
+        tb: &mut TemplateBuilder,
+        sends: &mut Vec<PendingSend>,
+    ) -> String {
+        let mut next_entry = nname.to_owned();
+        let mut generated: Vec<Node> = Vec::new();
+        for (rname, r) in requires.iter().rev() {
+            // Where a message goes once this requirement is met (or does not apply).
+            let after = next_entry.clone();
+            let field = format!("nodes.{nname}.requires.{rname}");
+            let origin = Some(format!("{nname}.{rname}"));
+            let optimistic = match r.value.mode.as_ref().map(|m| m.value.as_str()) {
+                None | Some("check") => false,
+                Some("optimistic") => true,
+                Some(other) => {
+                    let loc = r
+                        .value
+                        .mode
+                        .as_ref()
+                        .map(|m| m.referenced)
+                        .unwrap_or(r.referenced);
+                    self.err(
+                        loc,
+                        format!("{field}.mode"),
+                        format!("`{other}` is not a mode; use `check` or `optimistic`"),
+                    );
+                    continue;
+                }
+            };
+            let cache = cache_spec(r.value.cache.as_ref(), rname);
+            let key = self.text(tb, &r.value.key, &format!("{field}.key"));
+            let Some(sync) =
+                self.send_spec(topology, &format!("{field}.sync"), &r.value.sync, tb, sends)
+            else {
+                continue;
+            };
+            let park_name = format!("{nname}.{rname}.park");
+            let park_resume = if optimistic {
+                nname.to_owned()
+            } else {
+                after.clone()
+            };
+            generated.push(Node {
+                name: park_name.clone(),
+                kind: NodeKind::Park(ParkSpec {
+                    key: key.clone(),
+                    resume: park_resume,
+                    sync: Some(sync),
+                    max_wait: r.value.max_wait,
+                    cache: Some(cache.clone()),
+                }),
+                edges: IndexMap::new(),
+                retry: Default::default(),
+                concurrency: None,
+                origin: origin.clone(),
+            });
+            if optimistic {
+                let Some(miss) = &r.value.missing_response else {
+                    self.err(r.referenced, format!("{field}.missing_response"), "optimistic mode needs `missing_response: { status, body_contains }`: how the target says the prerequisite is missing");
+                    continue;
+                };
+                let status = match StatusPattern::parse(&miss.value.status) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        self.err(
+                            miss.referenced,
+                            format!("{field}.missing_response.status"),
+                            e,
+                        );
+                        continue;
+                    }
+                };
+                let outcome = format!("missing.{rname}");
+                match nodes.get_mut(nname) {
+                    Some(Node { kind: NodeKind::Http(h), edges, .. }) => {
+                        h.classify.push(Classifier { status, body_contains: miss.value.body_contains.clone(), outcome: outcome.clone() });
+                        edges.insert(outcome, park_name);
+                    }
+                    _ => self.err(r.referenced, field, "optimistic mode needs an `http` node: it pushes first and reads the answer"),
+                }
+                continue;
+            }
+            let Some(check) = &r.value.check else {
+                self.err(r.referenced, format!("{field}.check"), "give the request that asks whether it exists, e.g. `check: { system: target, get: /categories/{{ payload.category_id }} }`, or use `mode: optimistic`");
+                continue;
+            };
+            let Some(spec) = self.check_spec(
+                &check.value,
+                check.referenced,
+                &format!("{field}.check"),
+                (cache, Some(key)),
+                systems,
+                tb,
+            ) else {
+                continue;
+            };
+            let check_name = format!("{nname}.{rname}.check");
+            generated.push(Node {
+                name: check_name.clone(),
+                kind: NodeKind::Check(spec),
+                edges: IndexMap::from([
+                    (outcome::EXISTS.to_owned(), after.clone()),
+                    (outcome::MISSING.to_owned(), park_name),
+                ]),
+                retry: Default::default(),
+                concurrency: None,
+                origin: origin.clone(),
+            });
+            next_entry = check_name;
+            if let Some(when) = &r.value.when {
+                let cond = self.expr(tb, when, &format!("{field}.when"));
+                let when_name = format!("{nname}.{rname}.when");
+                generated.push(Node {
+                    name: when_name.clone(),
+                    kind: NodeKind::Switch(SwitchSpec {
+                        cases: vec![Case {
+                            when: cond,
+                            outcome: "required".into(),
+                        }],
+                        default: "not-required".into(),
+                    }),
+                    edges: IndexMap::from([
+                        ("required".to_owned(), next_entry.clone()),
+                        ("not-required".to_owned(), after),
+                    ]),
+                    retry: Default::default(),
+                    concurrency: None,
+                    origin,
+                });
+                next_entry = when_name;
+            }
+        }
+        for n in generated.into_iter().rev() {
+            if nodes.contains_key(&n.name) {
+                self.err(Location::UNKNOWN, format!("nodes.{}", n.name), format!("this name is taken by a node generated from `requires` of `{nname}`; rename the node"));
+                continue;
+            }
+            nodes.insert(n.name.clone(), n);
+        }
+        next_entry
+    }
+
+    /// Compiles a text template, reporting a syntax error at its place.
+    fn text(&mut self, tb: &mut TemplateBuilder, src: &Spanned<String>, field: &str) -> Tpl {
+        tb.text(&src.value).unwrap_or_else(|e| {
+            self.err(src.referenced, field, format!("template syntax error: {e}"));
+            Tpl::Literal(String::new())
+        })
+    }
+
+    fn expr(&mut self, tb: &mut TemplateBuilder, src: &Spanned<String>, field: &str) -> Tpl {
+        tb.expr(&src.value).unwrap_or_else(|e| {
+            self.err(src.referenced, field, format!("template syntax error: {e}"));
+            Tpl::Literal(String::new())
+        })
+    }
+
+    fn send_spec(
+        &mut self,
+        topology: &str,
+        f: &str,
+        s: &Spanned<SendDoc>,
+        tb: &mut TemplateBuilder,
+        sends: &mut Vec<PendingSend>,
+    ) -> Option<SendSpec> {
         let data = match &s.value.data {
             None => None,
             Some(d) => match tb.json(&d.value) {
@@ -697,17 +973,56 @@ impl Checker {
             None => (topology.to_owned(), s.referenced),
         };
         sends.push(PendingSend {
-            field: f,
+            field: f.to_owned(),
             topology: target.clone(),
             topology_loc: target_loc,
             event: s.value.event.value.clone(),
             event_loc: s.value.event.referenced,
         });
-        Some(NodeKind::Send(SendSpec {
+        Some(SendSpec {
             topology: target,
             event: s.value.event.value.clone(),
             data,
-        }))
+        })
+    }
+
+    fn check_spec(
+        &mut self,
+        c: &CheckDoc,
+        loc: Location,
+        field: &str,
+        (cache, key): (CacheSpec, Option<Tpl>),
+        systems: &IndexMap<String, System>,
+        tb: &mut TemplateBuilder,
+    ) -> Option<CheckSpec> {
+        let http = self.http(&c.request(), loc, field, systems, tb)?;
+        let key = match (key, &c.key) {
+            (Some(k), _) => k,
+            (None, Some(k)) => self.text(tb, k, &format!("{field}.key")),
+            (None, None) => {
+                self.err(
+                    loc,
+                    format!("{field}.key"),
+                    "a check needs a cache `key`, e.g. `key: category:{{ payload.category_id }}`",
+                );
+                Tpl::Literal(String::new())
+            }
+        };
+        let exists = c
+            .exists
+            .as_ref()
+            .map(|e| self.expr(tb, e, &format!("{field}.exists")));
+        let missing = c
+            .missing
+            .as_ref()
+            .map(|e| self.expr(tb, e, &format!("{field}.missing")));
+        Some(CheckSpec {
+            http,
+            key,
+            exists,
+            missing,
+            cache,
+        })
     }
 
     fn split(
@@ -906,7 +1221,18 @@ impl Checker {
             timeout: h.timeout,
             statuses: StatusMap::new(rules),
             idempotency_header: h.idempotency_header.clone(),
+            classify: Vec::new(),
         })
+    }
+}
+
+/// The cache of a check or park: named after `fallback` unless the document names it.
+fn cache_spec(doc: Option<&CacheDoc>, fallback: &str) -> CacheSpec {
+    let doc = doc.cloned().unwrap_or_default();
+    CacheSpec {
+        name: doc.name.unwrap_or_else(|| fallback.to_owned()),
+        ttl: doc.ttl,
+        negative_ttl: doc.negative_ttl,
     }
 }
 

@@ -20,6 +20,10 @@ pub struct Context {
     /// Where a `split` node continues: the next page or the next chunk.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cursor: Option<Cursor>,
+    /// When this message last learned whether its prerequisite exists (Unix ms): a release
+    /// after this moment resumes it even if it parks later.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checked_at: Option<i64>,
 }
 
 /// An HTTP response as later nodes see it (`response.status`, `response.body`).

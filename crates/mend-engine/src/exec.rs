@@ -8,7 +8,8 @@ use mend_core::ids::{MessageId, ProcessId};
 use mend_core::message::{Context, Cursor, Message, Response};
 use mend_core::template::{TplContext, context};
 use mend_core::topology::{Body, HttpSpec, NodeKind, Paging, SplitSpec, Topology, outcome};
-use mend_store::{NewMessage, NewProcess};
+use mend_core::topology::{CheckSpec, ParkSpec, SendSpec};
+use mend_store::{CacheWrite, NewMessage, NewProcess, Park, Release};
 use serde_json::{Value, json};
 
 use crate::Inner;
@@ -21,6 +22,8 @@ const EXCERPT: usize = 500;
 pub(crate) enum StepKind {
     /// Follow the outcome's edge (or the unwired rule).
     Route,
+    /// Wait under a key (the store may resume it at once or detect a cycle).
+    Park(Box<Park>),
     /// Transient failure: retry with backoff until the attempts run out.
     Retry { after: Option<Duration> },
     /// Permanent failure: to the trash.
@@ -42,6 +45,8 @@ pub(crate) struct Step {
     pub error: Option<String>,
     pub status: Option<u16>,
     pub excerpt: Option<String>,
+    pub releases: Vec<Release>,
+    pub cache: Vec<CacheWrite>,
 }
 
 impl Step {
@@ -54,6 +59,8 @@ impl Step {
             error: None,
             status: None,
             excerpt: None,
+            releases: Vec::new(),
+            cache: Vec::new(),
         }
     }
 
@@ -81,6 +88,25 @@ impl Step {
     }
 }
 
+/// Why a check did not say "exists": shared by every caller waiting on the same request.
+#[derive(Debug)]
+pub(crate) enum CheckMiss {
+    Missing {
+        at: i64,
+    },
+    Retry {
+        error: String,
+        status: Option<u16>,
+        excerpt: Option<String>,
+        after: Option<Duration>,
+    },
+    Fail {
+        error: String,
+        status: Option<u16>,
+        excerpt: Option<String>,
+    },
+}
+
 /// The values templates see.
 fn template_context(msg: &Message, page: Option<i64>) -> TplContext {
     context(&json!({
@@ -97,6 +123,8 @@ fn template_context(msg: &Message, page: Option<i64>) -> TplContext {
 }
 
 pub(crate) struct HttpReply {
+    /// When the request left (Unix ms): what the answer says was true at least then.
+    pub sent_at: i64,
     pub status: u16,
     pub response: Response,
     pub excerpt: String,
@@ -174,57 +202,290 @@ impl<S: mend_store::Store> Inner<S> {
                     Err(e) => Step::fail("error", e),
                 }
             }
-            NodeKind::Send(spec) => {
-                let payload = match &spec.data {
-                    None => msg.payload.clone(),
-                    Some(t) => match topo.templates.render_json(t, &template_context(msg, None)) {
-                        Ok(v) => v,
-                        Err(e) => return Step::fail("error", format!("send data: {e}")),
-                    },
-                };
-                let Some(target) = self.catalog.get(&spec.topology) else {
-                    return Step::fail(
-                        "error",
-                        format!("topology `{}` is not loaded", spec.topology),
-                    );
-                };
-                let Some(event) = target.events.get(&spec.event) else {
-                    return Step::fail(
-                        "error",
-                        format!(
-                            "topology `{}` has no start event `{}`",
-                            spec.topology, spec.event
-                        ),
-                    );
+            NodeKind::Send(spec) => match self.child_process(topo, spec, msg) {
+                Ok(process) => {
+                    let mut step = Step::route(outcome::OK, vec![same(msg)]);
+                    step.spawned.push(process);
+                    step
+                }
+                Err(e) => Step::fail("error", e),
+            },
+            NodeKind::Split(spec) => self.split_node(topo, spec, msg).await,
+            NodeKind::Check(spec) => self.check_node(topo, spec, msg).await,
+            NodeKind::Park(spec) => self.park_node(topo, spec, msg),
+            NodeKind::Release(spec) => {
+                let key = match topo
+                    .templates
+                    .render(&spec.key, &template_context(msg, None))
+                {
+                    Ok(k) => k,
+                    Err(e) => return Step::fail("error", format!("release key: {e}")),
                 };
                 let now = mend_core::clock::now_ms();
-                let process_id = ProcessId::new();
-                let process = NewProcess {
-                    id: process_id,
-                    topology: target.name.clone(),
-                    version: target.version.clone(),
-                    event: event.name.clone(),
-                    parent_process_id: Some(msg.process_id),
-                    parent_message_id: Some(msg.id),
-                    created_at: now,
-                    first: NewMessage {
-                        id: MessageId::new(),
-                        process_id,
-                        topology: target.name.clone(),
-                        version: target.version.clone(),
-                        node: event.node.clone(),
-                        payload,
-                        headers: msg.headers.clone(),
-                        context: Context::default(),
-                        parent_id: Some(msg.id),
-                        available_at: now,
-                    },
-                };
                 let mut step = Step::route(outcome::OK, vec![same(msg)]);
-                step.spawned.push(process);
+                let cache: Vec<CacheWrite> = spec
+                    .cache
+                    .iter()
+                    .map(|c| CacheWrite {
+                        cache: c.name.clone(),
+                        key: key.clone(),
+                        present: Some(true),
+                        expires_at: now + c.ttl.as_millis(),
+                    })
+                    .collect();
+                step.releases.push(Release {
+                    key,
+                    source: format!("node {}/{}", topo.name, msg.node),
+                    cache,
+                });
                 step
             }
-            NodeKind::Split(spec) => self.split_node(topo, spec, msg).await,
+        }
+    }
+
+    /// A child process at `spec`'s start event, linked to `msg`.
+    fn child_process(
+        &self,
+        topo: &Topology,
+        spec: &SendSpec,
+        msg: &Message,
+    ) -> Result<NewProcess, String> {
+        let payload = match &spec.data {
+            None => msg.payload.clone(),
+            Some(t) => topo
+                .templates
+                .render_json(t, &template_context(msg, None))
+                .map_err(|e| format!("send data: {e}"))?,
+        };
+        let target = self
+            .catalog
+            .get(&spec.topology)
+            .ok_or_else(|| format!("topology `{}` is not loaded", spec.topology))?;
+        let event = target.events.get(&spec.event).ok_or_else(|| {
+            format!(
+                "topology `{}` has no start event `{}`",
+                spec.topology, spec.event
+            )
+        })?;
+        let now = mend_core::clock::now_ms();
+        let process_id = ProcessId::new();
+        Ok(NewProcess {
+            id: process_id,
+            topology: target.name.clone(),
+            version: target.version.clone(),
+            event: event.name.clone(),
+            parent_process_id: Some(msg.process_id),
+            parent_message_id: Some(msg.id),
+            created_at: now,
+            release_key: None,
+            first: NewMessage {
+                id: MessageId::new(),
+                process_id,
+                topology: target.name.clone(),
+                version: target.version.clone(),
+                node: event.node.clone(),
+                payload,
+                headers: msg.headers.clone(),
+                context: Context::default(),
+                parent_id: Some(msg.id),
+                available_at: now,
+            },
+        })
+    }
+
+    /// Detect, through the cache: local tier, then "a sync is in flight" (no request needed),
+    /// then the store tier, then one request per key however many messages ask at once.
+    async fn check_node(&self, topo: &Topology, spec: &CheckSpec, msg: &Message) -> Step {
+        let ctx = template_context(msg, None);
+        let key = match topo.templates.render(&spec.key, &ctx) {
+            Ok(k) => k,
+            Err(e) => return Step::fail("error", format!("check key: {e}")),
+        };
+        let exists = |fetched: bool| {
+            let now = mend_core::clock::now_ms();
+            let mut step = Step::route(outcome::EXISTS, vec![checked(msg, now)]);
+            if fetched {
+                step.cache.push(CacheWrite {
+                    cache: spec.cache.name.clone(),
+                    key: key.clone(),
+                    present: Some(true),
+                    expires_at: now + spec.cache.ttl.as_millis(),
+                });
+            }
+            step
+        };
+        let missing = |at: i64| Step::route(outcome::MISSING, vec![checked(msg, at)]);
+        let tier = self.caches.tier(&spec.cache);
+        if tier.positive.get(&key).await.is_some() {
+            return exists(false);
+        }
+        if let Some(neg) = &tier.negative
+            && let Some(at) = neg.get(&key).await
+        {
+            return missing(at);
+        }
+        if let Some(at) = self.caches.recent_missing.get(&key).await {
+            return missing(at);
+        }
+        match self.store.key_pending(&key).await {
+            Ok(true) => return missing(mend_core::clock::now_ms()),
+            Ok(false) => {}
+            Err(e) => return Step::retry(format!("store: {e}"), None, None, None),
+        }
+        let now = mend_core::clock::now_ms();
+        match self.store.cache_get(&spec.cache.name, &key, now).await {
+            Ok(Some(true)) => {
+                tier.positive.insert(key.clone(), true).await;
+                return exists(false);
+            }
+            Ok(Some(false)) => return missing(now),
+            Ok(None) => {}
+            Err(e) => return Step::retry(format!("store: {e}"), None, None, None),
+        }
+        // Single flight: concurrent checks of one key in this engine share one request.
+        let result = tier
+            .positive
+            .try_get_with(key.clone(), async {
+                // Checked again here: a caller that got past the look-ups above just as an
+                // earlier request came back "missing" must not ask again.
+                if let Some(at) = self.caches.recent_missing.get(&key).await {
+                    return Err(CheckMiss::Missing { at });
+                }
+                let answer = match self.request(topo, &spec.http, msg, &ctx, None).await {
+                    Err(HttpFailure::Build(error)) => Err(CheckMiss::Fail {
+                        error,
+                        status: None,
+                        excerpt: None,
+                    }),
+                    Err(HttpFailure::Transport(error)) => Err(CheckMiss::Retry {
+                        error,
+                        status: None,
+                        excerpt: None,
+                        after: None,
+                    }),
+                    Ok(reply) => self.classify_check(topo, spec, msg, reply),
+                };
+                if let Err(CheckMiss::Missing { at }) = &answer {
+                    self.caches.recent_missing.insert(key.clone(), *at).await;
+                }
+                answer
+            })
+            .await;
+        match result {
+            Ok(_) => exists(true),
+            Err(miss) => match &*miss {
+                CheckMiss::Missing { at } => {
+                    let mut step = missing(*at);
+                    if let Some(neg) = &tier.negative {
+                        neg.insert(key.clone(), *at).await;
+                        step.cache.push(CacheWrite {
+                            cache: spec.cache.name.clone(),
+                            key: key.clone(),
+                            present: Some(false),
+                            expires_at: at + spec.cache.negative_ttl.as_millis(),
+                        });
+                    }
+                    step
+                }
+                CheckMiss::Retry {
+                    error,
+                    status,
+                    excerpt,
+                    after,
+                } => Step::retry(error.clone(), *status, excerpt.clone(), *after),
+                CheckMiss::Fail {
+                    error,
+                    status,
+                    excerpt,
+                } => {
+                    let mut step = Step::fail(outcome::FAILED, error.clone());
+                    step.status = *status;
+                    step.excerpt = excerpt.clone();
+                    step
+                }
+            },
+        }
+    }
+
+    /// Maps a check's answer: `exists` / `missing` conditions (default 2xx / 404), the status
+    /// map's `retry`, anything else a failure.
+    fn classify_check(
+        &self,
+        topo: &Topology,
+        spec: &CheckSpec,
+        msg: &Message,
+        reply: HttpReply,
+    ) -> Result<bool, CheckMiss> {
+        let status = reply.status;
+        let ctx = context(&json!({
+            "payload": msg.payload,
+            "headers": msg.headers,
+            "status": status,
+            "body": reply.response.body,
+            "response": reply.response,
+        }));
+        let test = |t: &Option<mend_core::template::Tpl>, default: bool| match t {
+            Some(t) => topo.templates.test(t, &ctx).map_err(|e| CheckMiss::Fail {
+                error: format!("check condition: {e}"),
+                status: Some(status),
+                excerpt: None,
+            }),
+            None => Ok(default),
+        };
+        if test(&spec.exists, (200..300).contains(&status))? {
+            return Ok(true);
+        }
+        if test(&spec.missing, status == 404)? {
+            // A release after the request left may already have made this answer stale.
+            return Err(CheckMiss::Missing { at: reply.sent_at });
+        }
+        if spec.http.statuses.outcome(status) == outcome::RETRY {
+            return Err(CheckMiss::Retry {
+                error: format!("HTTP {status} checking"),
+                status: Some(status),
+                excerpt: Some(reply.excerpt),
+                after: reply.retry_after,
+            });
+        }
+        Err(CheckMiss::Fail {
+            error: format!("HTTP {status}: neither exists nor missing"),
+            status: Some(status),
+            excerpt: Some(reply.excerpt),
+        })
+    }
+
+    fn park_node(&self, topo: &Topology, spec: &ParkSpec, msg: &Message) -> Step {
+        let key = match topo
+            .templates
+            .render(&spec.key, &template_context(msg, None))
+        {
+            Ok(k) => k,
+            Err(e) => return Step::fail("error", format!("park key: {e}")),
+        };
+        let sync = match &spec.sync {
+            Some(s) => match self.child_process(topo, s, msg) {
+                Ok(p) => Some(p),
+                Err(e) => return Step::fail("error", e),
+            },
+            None => None,
+        };
+        let now = mend_core::clock::now_ms();
+        let max_wait = spec.max_wait.unwrap_or(DEFAULT_MAX_WAIT);
+        let park = Park {
+            deadline: Some(now + max_wait.as_millis()),
+            expire_error: format!("prerequisite {key} not satisfied within {max_wait}"),
+            key,
+            resume_node: spec.resume.clone(),
+            checked_at: msg.context.checked_at.unwrap_or(msg.created_at),
+            sync,
+            cache_on_release: spec
+                .cache
+                .as_ref()
+                .map(|c| (c.name.clone(), c.ttl.as_millis())),
+        };
+        Step {
+            kind: StepKind::Park(Box::new(park)),
+            ..Step::route(outcome::PARKED, Vec::new())
         }
     }
 
@@ -234,7 +495,20 @@ impl<S: mend_store::Store> Inner<S> {
             Err(HttpFailure::Build(e)) => Step::fail("error", e),
             Err(HttpFailure::Transport(e)) => Step::retry(e, None, None, None),
             Ok(reply) => {
-                let outcome = spec.statuses.outcome(reply.status).to_owned();
+                let body_text = match &reply.response.body {
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                let classified = spec.classify.iter().find(|c| {
+                    c.status.matches(reply.status)
+                        && c.body_contains
+                            .as_ref()
+                            .is_none_or(|t| body_text.contains(t.as_str()))
+                });
+                let outcome = match classified {
+                    Some(c) => c.outcome.clone(),
+                    None => spec.statuses.outcome(reply.status).to_owned(),
+                };
                 if outcome == outcome::RETRY {
                     return Step::retry(
                         format!("HTTP {} from {}", reply.status, topo.name),
@@ -251,6 +525,7 @@ impl<S: mend_store::Store> Inner<S> {
                         context: Context {
                             response: Some(reply.response),
                             cursor: None,
+                            checked_at: Some(reply.sent_at),
                         },
                     }],
                 );
@@ -304,11 +579,11 @@ impl<S: mend_store::Store> Inner<S> {
                 node: Some(msg.node.clone()),
                 payload: Value::Array(chunk.to_vec()),
                 context: Context {
-                    response: None,
                     cursor: Some(Cursor {
                         chunk: true,
                         ..Cursor::default()
                     }),
+                    ..Context::default()
                 },
             }));
             return Step::route(outcome::ITEM, outputs);
@@ -405,6 +680,7 @@ impl<S: mend_store::Store> Inner<S> {
                 context: Context {
                     response: None,
                     cursor: Some(c),
+                    checked_at: None,
                 },
             });
         }
@@ -522,6 +798,7 @@ impl<S: mend_store::Store> Inner<S> {
                 }
             }
         };
+        let sent_at = mend_core::clock::now_ms();
         let mut resp = req
             .send()
             .await
@@ -559,6 +836,7 @@ impl<S: mend_store::Store> Inner<S> {
                 .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
         };
         Ok(HttpReply {
+            sent_at,
             status,
             excerpt: excerpt_of(&bytes),
             response: Response {
@@ -598,6 +876,16 @@ fn flatten_items(values: Vec<Value>) -> Vec<Value> {
     } else {
         values.into_iter().filter(|v| !v.is_null()).collect()
     }
+}
+
+/// A parked message without `max_wait` still has a deadline: nothing waits forever.
+const DEFAULT_MAX_WAIT: mend_core::duration::Dur = mend_core::duration::Dur::from_secs(24 * 3600);
+
+/// The message passed on, remembering when it learned about its prerequisite.
+fn checked(msg: &Message, at: i64) -> Output {
+    let mut out = same(msg);
+    out.context.checked_at = Some(at);
+    out
 }
 
 /// The message itself, passed on unchanged.

@@ -6,6 +6,7 @@
 //! worker loop until the shutdown token fires; [`Engine::start`] opens a process at a start
 //! event. Node behaviour lives in `exec`, cron in `cron`.
 
+mod cache;
 mod cron;
 mod exec;
 mod systems;
@@ -101,6 +102,7 @@ pub(crate) struct Inner<S: Store> {
     pub(crate) http: reqwest::Client,
     pub(crate) config: EngineConfig,
     pub(crate) systems: systems::Systems,
+    pub(crate) caches: cache::Caches,
     /// (topology, node) → its concurrency limit.
     limits: Vec<(String, String, Arc<Semaphore>)>,
     global: Arc<Semaphore>,
@@ -153,6 +155,7 @@ impl<S: Store> Engine<S> {
                 catalog,
                 http,
                 systems,
+                caches: cache::Caches::default(),
                 limits,
                 global: Arc::new(Semaphore::new(workers as usize)),
                 freed: Notify::new(),
@@ -217,6 +220,7 @@ impl<S: Store> Engine<S> {
             parent_process_id: None,
             parent_message_id: None,
             created_at: now,
+            release_key: None,
             first: NewMessage {
                 id: MessageId::new(),
                 process_id: id,
@@ -230,6 +234,27 @@ impl<S: Store> Engine<S> {
                 available_at: now,
             },
         })
+    }
+
+    /// Releases `key` by hand (an operator fixed the prerequisite in the target): every message
+    /// parked under it resumes. Recorded even when nothing waits.
+    pub async fn release(
+        &self,
+        key: &str,
+        source: &str,
+    ) -> Result<mend_store::Released, StoreError> {
+        let released = self
+            .inner
+            .store
+            .release(mend_store::Release {
+                key: key.to_owned(),
+                source: source.to_owned(),
+                cache: Vec::new(),
+            })
+            .await?;
+        self.inner.caches.forget_missing(key).await;
+        tracing::info!(key, resumed = released.resumed, source, "key released");
+        Ok(released)
     }
 
     /// Polls the store until the process is done.
@@ -396,7 +421,8 @@ fn names<'a>(it: impl Iterator<Item = &'a String>) -> String {
 
 /// Renews this engine's leases and recovers messages of engines that stopped renewing theirs.
 async fn lease_keeper<S: Store>(inner: Arc<Inner<S>>, stop: CancellationToken) {
-    let every = (inner.config.lease / 3).max(Duration::from_millis(50));
+    // Also the sweep of parked messages past their deadline: at least once a second.
+    let every = (inner.config.lease / 3).clamp(Duration::from_millis(50), Duration::from_secs(1));
     loop {
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
@@ -413,6 +439,14 @@ async fn lease_keeper<S: Store>(inner: Arc<Inner<S>>, stop: CancellationToken) {
         }
         if let Err(e) = inner.store.recover_expired(now).await {
             tracing::error!(error = %e, "cannot recover expired leases");
+        }
+        match inner.store.expire_parked(now).await {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(
+                messages = n,
+                "parked messages passed their max_wait; moved to the trash"
+            ),
+            Err(e) => tracing::error!(error = %e, "cannot expire parked messages"),
         }
     }
 }
@@ -498,8 +532,16 @@ impl<S: Store> Inner<S> {
             spawned: Vec::new(),
             attempt: None,
             error: None,
+            park: None,
+            releases: step.releases,
+            cache: step.cache,
         };
         match step.kind {
+            StepKind::Park(park) => {
+                completion.disposition = Disposition::Parked;
+                completion.park = Some(*park);
+                completion.spawned = step.spawned;
+            }
             StepKind::Retry { after } => {
                 let policy = node.map(|n| n.retry).unwrap_or_default();
                 let error = step.error.clone().unwrap_or_else(|| "retry".into());

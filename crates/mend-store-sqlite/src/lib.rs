@@ -4,6 +4,7 @@
 //! writer thread that groups many steps into one transaction (see `writer`); reads use a
 //! small pool of read-only connections, which WAL lets run beside the writer.
 
+mod park;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -15,15 +16,18 @@ use mend_core::ids::{MessageId, ProcessId};
 use mend_core::message::Message;
 use mend_store::{
     Applied, ClaimRequest, Completion, Disposition, MessageCounts, MessageStore, NewMessage,
-    NewProcess, ProcessReport, ProcessState, ProcessStore, Result, ScheduleStore, StoreError,
-    TopologyStore, TrashEntry,
+    NewProcess, ParkStore, ParkedKey, ProcessReport, ProcessState, ProcessStore, Release, Released,
+    Result, ScheduleStore, StoreError, TopologyStore, TrashEntry,
 };
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use tokio::sync::Notify;
 
 use crate::writer::Writer;
 
-const MIGRATIONS: &[&str] = &[include_str!("../migrations/0001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../migrations/0001_init.sql"),
+    include_str!("../migrations/0002_park.sql"),
+];
 
 /// How the store trades durability for speed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -176,8 +180,8 @@ fn insert_message(conn: &Connection, m: &NewMessage, now: i64) -> Result<()> {
 fn insert_process(conn: &Connection, p: &NewProcess) -> Result<()> {
     conn.prepare_cached(
         "INSERT INTO processes (id, topology, version, event, parent_process_id, parent_message_id,
-                                state, total, open, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'running', 1, 1, ?7)",
+                                state, total, open, created_at, release_key)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'running', 1, 1, ?7, ?8)",
     )
     .and_then(|mut st| {
         st.execute(params![
@@ -188,6 +192,7 @@ fn insert_process(conn: &Connection, p: &NewProcess) -> Result<()> {
             p.parent_process_id.map(|x| x.to_string()),
             p.parent_message_id.map(|x| x.to_string()),
             p.created_at,
+            p.release_key,
         ])
     })
     .map_err(backend)?;
@@ -286,41 +291,69 @@ fn claim(conn: &Connection, req: &ClaimRequest) -> Result<Vec<Message>> {
 }
 
 fn complete(conn: &Connection, c: &Completion) -> Result<Applied> {
-    let (state, attempt_delta, available_at) = match c.disposition {
-        Disposition::Done => ("done", 0, c.now),
-        Disposition::Filtered => ("filtered", 0, c.now),
-        Disposition::Trash => ("trash", 1, c.now),
-        Disposition::Retry { at } => ("retry", 1, at),
-    };
+    let id = c.message_id.to_string();
     let current_attempt: Option<u32> = conn
         .prepare_cached(
             "SELECT attempt FROM messages WHERE id = ?1 AND state = 'running' AND claimed_by = ?2",
         )
-        .and_then(|mut st| {
-            st.query_row(params![c.message_id.to_string(), c.worker], |r| r.get(0))
-                .optional()
-        })
+        .and_then(|mut st| st.query_row(params![id, c.worker], |r| r.get(0)).optional())
         .map_err(backend)?;
     let Some(current_attempt) = current_attempt else {
         return Ok(Applied::LeaseLost);
     };
-    let changed = conn
-        .prepare_cached(include_str!("../queries/ack.sql"))
-        .and_then(|mut st| {
-            st.execute(params![
-                c.message_id.to_string(),
-                state,
-                c.outcome,
-                c.error,
-                current_attempt + attempt_delta,
-                available_at,
-                c.now,
-                c.worker,
-            ])
-        })
-        .map_err(backend)?;
-    if changed == 0 {
-        return Ok(Applied::LeaseLost);
+    // A park may turn into an immediate resume (the key was released after the check) or, when
+    // it would wait on itself, into the trash.
+    let mut disposition = c.disposition;
+    let mut error = c.error.clone();
+    let mut outcome = c.outcome.clone();
+    let mut cycle: Option<(Vec<String>, String)> = None;
+    if disposition == Disposition::Parked {
+        let p = c
+            .park
+            .as_ref()
+            .ok_or_else(|| corrupt("a parked completion without a park"))?;
+        match park::park(conn, &id, c.process_id, &c.topology, &c.node, p, c.now)? {
+            park::Parked::Waiting { detoured } => {
+                tracing::debug!(key = p.key, detoured, "message parked");
+            }
+            park::Parked::ResumedAtOnce => {
+                tracing::debug!(key = p.key, "key released after the check; resumed at once");
+            }
+            park::Parked::Cycle(keys) => {
+                let reason = format!("prerequisite cycle: {}", keys.join(" → "));
+                disposition = Disposition::Trash;
+                error = Some(reason.clone());
+                outcome = "cycle".into();
+                cycle = Some((keys, reason));
+            }
+        }
+    }
+    let (state, attempt_delta, available_at) = match disposition {
+        Disposition::Done => ("done", 0, c.now),
+        Disposition::Filtered => ("filtered", 0, c.now),
+        Disposition::Trash => ("trash", 1, c.now),
+        Disposition::Retry { at } => ("retry", 1, at),
+        Disposition::Parked => ("parked", 0, c.now),
+    };
+    if disposition != Disposition::Parked {
+        let changed = conn
+            .prepare_cached(include_str!("../queries/ack.sql"))
+            .and_then(|mut st| {
+                st.execute(params![
+                    id,
+                    state,
+                    outcome,
+                    error,
+                    current_attempt + attempt_delta,
+                    available_at,
+                    c.now,
+                    c.worker,
+                ])
+            })
+            .map_err(backend)?;
+        if changed == 0 {
+            return Ok(Applied::LeaseLost);
+        }
     }
     for m in &c.outputs {
         insert_message(conn, m, c.now)?;
@@ -335,7 +368,7 @@ fn complete(conn: &Connection, c: &Completion) -> Result<Applied> {
         )
         .and_then(|mut st| {
             st.execute(params![
-                c.message_id.to_string(),
+                id,
                 a.attempt,
                 c.node,
                 a.at,
@@ -352,10 +385,10 @@ fn complete(conn: &Connection, c: &Completion) -> Result<Applied> {
         "INSERT INTO process_node_stats (process_id, topology, node, outcome, count) VALUES (?1, ?2, ?3, ?4, 1)
          ON CONFLICT (process_id, topology, node, outcome) DO UPDATE SET count = count + 1",
     )
-    .and_then(|mut st| st.execute(params![c.process_id.to_string(), c.topology, c.node, c.outcome]))
+    .and_then(|mut st| st.execute(params![c.process_id.to_string(), c.topology, c.node, outcome]))
     .map_err(backend)?;
-    let ended = !matches!(c.disposition, Disposition::Retry { .. });
-    let flag = |d: Disposition| i64::from(c.disposition == d);
+    let ended = !matches!(disposition, Disposition::Retry { .. } | Disposition::Parked);
+    let flag = |d: Disposition| i64::from(disposition == d);
     conn.prepare_cached(include_str!("../queries/process_counts.sql"))
         .and_then(|mut st| {
             st.execute(params![
@@ -368,12 +401,49 @@ fn complete(conn: &Connection, c: &Completion) -> Result<Applied> {
             ])
         })
         .map_err(backend)?;
-    conn.prepare_cached(
-        "UPDATE processes SET state = 'done', finished_at = ?2 WHERE id = ?1 AND open = 0 AND state = 'running'",
-    )
-    .and_then(|mut st| st.execute(params![c.process_id.to_string(), c.now]))
-    .map_err(backend)?;
+    let mut touched = vec![c.process_id];
+    if let Some((keys, reason)) = cycle {
+        // Everything waiting on a key of the cycle would wait forever: it ends with the reason.
+        for key in &keys {
+            touched.extend(park::trash_parked(conn, key, &reason, c.now)?);
+        }
+    }
+    for r in &c.releases {
+        park::release(conn, &r.key, &r.source, &r.cache, c.now)?;
+    }
+    for w in &c.cache {
+        park::write_cache(conn, w)?;
+    }
+    for pid in touched {
+        finish_if_done(conn, pid, c.now)?;
+    }
     Ok(Applied::Applied)
+}
+
+/// Marks the process done when nothing of it is open. A sync process that ends with nothing in
+/// the trash releases the key it was opened for.
+fn finish_if_done(conn: &Connection, process: ProcessId, now: i64) -> Result<()> {
+    let pid = process.to_string();
+    let changed = conn
+        .prepare_cached(
+            "UPDATE processes SET state = 'done', finished_at = ?2 WHERE id = ?1 AND open = 0 AND state = 'running'",
+        )
+        .and_then(|mut st| st.execute(params![pid, now]))
+        .map_err(backend)?;
+    if changed == 0 {
+        return Ok(());
+    }
+    let row: Option<(Option<String>, i64)> = conn
+        .prepare_cached("SELECT release_key, trash FROM processes WHERE id = ?1")
+        .and_then(|mut st| {
+            st.query_row(params![pid], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()
+        })
+        .map_err(backend)?;
+    if let Some((Some(key), 0)) = row {
+        park::release(conn, &key, &format!("sync process {pid}"), &[], now)?;
+    }
+    Ok(())
 }
 
 /// Counters are never negative; SQLite has no unsigned integers.
@@ -385,34 +455,46 @@ fn report(conn: &Connection, id: ProcessId) -> Result<Option<ProcessReport>> {
     let row = conn
         .query_row(
             "SELECT topology, version, event, state, parent_process_id, created_at, finished_at,
-                    total, open, done, filtered, trash
+                    total, open, done, filtered, trash, parked, release_key
              FROM processes WHERE id = ?1",
             params![id.to_string()],
             |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, String>(3)?,
-                    r.get::<_, Option<String>>(4)?,
-                    r.get::<_, i64>(5)?,
-                    r.get::<_, Option<i64>>(6)?,
-                    [
-                        count(r, 7)?,
-                        count(r, 8)?,
-                        count(r, 9)?,
-                        count(r, 10)?,
-                        count(r, 11)?,
-                    ],
-                ))
+                Ok(ProcessReport {
+                    id,
+                    topology: r.get(0)?,
+                    version: r.get(1)?,
+                    event: r.get(2)?,
+                    state: if r.get::<_, String>(3)? == "done" {
+                        ProcessState::Done
+                    } else {
+                        ProcessState::Running
+                    },
+                    // Parsed below: ids are text in the store.
+                    parent_process_id: None,
+                    created_at: r.get(5)?,
+                    finished_at: r.get(6)?,
+                    messages: MessageCounts {
+                        total: count(r, 7)?,
+                        open: count(r, 8)?,
+                        done: count(r, 9)?,
+                        filtered: count(r, 10)?,
+                        trash: count(r, 11)?,
+                        parked: count(r, 12)?,
+                    },
+                    nodes: IndexMap::new(),
+                    trash: Vec::new(),
+                    children: Vec::new(),
+                    release_key: r.get(13)?,
+                })
+                .map(|report| (report, r.get::<_, Option<String>>(4)))
             },
         )
         .optional()
         .map_err(backend)?;
-    let Some((topology, version, event, state, parent, created_at, finished_at, counts)) = row
-    else {
+    let Some((mut report, parent)) = row else {
         return Ok(None);
     };
+    report.parent_process_id = parent.map_err(backend)?.map(|p| parse_id(&p)).transpose()?;
     let mut nodes: IndexMap<String, IndexMap<String, u64>> = IndexMap::new();
     let mut st = conn
         .prepare_cached(
@@ -466,31 +548,10 @@ fn report(conn: &Connection, id: ProcessId) -> Result<Option<ProcessReport>> {
         .map_err(backend)?
         .map(|r| parse_id::<ProcessId>(&r.map_err(backend)?))
         .collect::<Result<Vec<_>>>()?;
-    let [total, open, done, filtered, trash_count] = counts;
-    Ok(Some(ProcessReport {
-        id,
-        topology,
-        version,
-        event,
-        state: if state == "done" {
-            ProcessState::Done
-        } else {
-            ProcessState::Running
-        },
-        parent_process_id: parent.map(|p| parse_id(&p)).transpose()?,
-        created_at,
-        finished_at,
-        messages: MessageCounts {
-            total,
-            open,
-            done,
-            filtered,
-            trash: trash_count,
-        },
-        nodes,
-        trash,
-        children,
-    }))
+    report.nodes = nodes;
+    report.trash = trash;
+    report.children = children;
+    Ok(Some(report))
 }
 
 impl TopologyStore for SqliteStore {
@@ -603,6 +664,89 @@ impl MessageStore for SqliteStore {
 
     async fn wait_for_work(&self, max: Duration) {
         let _ = tokio::time::timeout(max, self.inner.work.notified()).await;
+    }
+}
+
+impl ParkStore for SqliteStore {
+    async fn release(&self, release: Release) -> Result<Released> {
+        let released = self
+            .inner
+            .writer
+            .exec(move |conn| {
+                let now = mend_core::clock::now_ms();
+                park::release(conn, &release.key, &release.source, &release.cache, now)
+            })
+            .await?;
+        if released.resumed > 0 {
+            self.inner.work.notify_one();
+        }
+        Ok(released)
+    }
+
+    async fn expire_parked(&self, now: i64) -> Result<u64> {
+        self.inner
+            .writer
+            .exec(move |conn| {
+                let touched = park::expire(conn, now)?;
+                let n = touched.len() as u64;
+                for pid in touched {
+                    finish_if_done(conn, pid, now)?;
+                }
+                Ok(n)
+            })
+            .await
+    }
+
+    async fn key_pending(&self, key: &str) -> Result<bool> {
+        let key = key.to_owned();
+        self.read(move |conn| {
+            conn.prepare_cached("SELECT 1 FROM park_keys WHERE key = ?1")
+                .and_then(|mut st| st.exists(params![key]))
+                .map_err(backend)
+        })
+        .await
+    }
+
+    async fn parked_keys(&self) -> Result<Vec<ParkedKey>> {
+        self.read(|conn| {
+            let sql = include_str!("../queries/parked_keys.sql");
+            let mut st = conn.prepare_cached(sql).map_err(backend)?;
+            let rows = st
+                .query_map([], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        count(r, 1)?,
+                        r.get::<_, Option<i64>>(2)?,
+                        r.get::<_, Option<i64>>(3)?,
+                        r.get::<_, Option<String>>(4)?,
+                    ))
+                })
+                .map_err(backend)?;
+            rows.map(|row| {
+                let (key, parked, oldest, since, sync) = row.map_err(backend)?;
+                Ok(ParkedKey {
+                    key,
+                    parked,
+                    oldest,
+                    sync_pending_since: since,
+                    sync_process_id: sync.map(|s| parse_id(&s)).transpose()?,
+                })
+            })
+            .collect()
+        })
+        .await
+    }
+
+    async fn cache_get(&self, cache: &str, key: &str, now: i64) -> Result<Option<bool>> {
+        let (cache, key) = (cache.to_owned(), key.to_owned());
+        self.read(move |conn| {
+            conn.prepare_cached(
+                "SELECT present FROM cache_entries WHERE cache = ?1 AND key = ?2 AND expires_at > ?3",
+            )
+            .and_then(|mut st| st.query_row(params![cache, key, now], |r| r.get(0)).optional())
+            .map_err(backend)
+        })
+        .await
     }
 }
 

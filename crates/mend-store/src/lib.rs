@@ -6,8 +6,9 @@
 //! produced, applied in one transaction; [`ProcessReport`] is what a process did.
 //!
 //! Message states: `queued` → `running` (claimed) → `done` | `filtered` | `trash`, or back to
-//! `retry` (waiting for `available_at`) → `running` ... A process is done when none of its
-//! messages is `queued`, `running` or `retry`.
+//! `retry` (waiting for `available_at`) → `running` ..., or `parked` under a key until a
+//! release moves it back to `queued` (or its deadline sends it to the trash). A process is done
+//! when none of its messages is `queued`, `running`, `retry` or `parked`.
 
 use std::future::Future;
 use std::time::Duration;
@@ -61,6 +62,9 @@ pub struct NewProcess {
     pub parent_message_id: Option<MessageId>,
     pub created_at: i64,
     pub first: NewMessage,
+    /// For a sync process opened by a park: the key released when the process ends with
+    /// nothing in the trash.
+    pub release_key: Option<String>,
 }
 
 /// How many messages of one node a worker can take now.
@@ -92,6 +96,65 @@ pub enum Disposition {
     Retry { at: i64 },
     /// Failed for good: visible in the trash with its error and attempts.
     Trash,
+    /// Waits under `Completion::park`'s key.
+    Parked,
+}
+
+/// Parks the input message under a key (with `Disposition::Parked`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Park {
+    pub key: String,
+    pub resume_node: String,
+    /// Unix ms after which the message goes to the trash with `expire_error`.
+    pub deadline: Option<i64>,
+    pub expire_error: String,
+    /// When the message learned the key was missing: a release after this resumes it at once.
+    pub checked_at: i64,
+    /// The sync to open if no sync is in flight for the key (single-flight); the store sets
+    /// its `release_key`.
+    pub sync: Option<NewProcess>,
+    /// On release, mark the key present in this cache for this long (ms).
+    pub cache_on_release: Option<(String, i64)>,
+}
+
+/// Releases a key: every message parked under it resumes, the in-flight mark is cleared.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Release {
+    pub key: String,
+    /// Who released it: a node, a sync process, an operator.
+    pub source: String,
+    /// Cache entries to write with the release (e.g. the key now exists).
+    pub cache: Vec<CacheWrite>,
+}
+
+/// One entry of a check cache's store tier.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CacheWrite {
+    pub cache: String,
+    pub key: String,
+    /// `None` removes the entry.
+    pub present: Option<bool>,
+    pub expires_at: i64,
+}
+
+/// What a release did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Released {
+    pub key: String,
+    /// Messages moved back to their resume node.
+    pub resumed: u64,
+    /// Whether a sync was marked in flight for the key.
+    pub was_pending: bool,
+}
+
+/// A key with parked messages or a sync in flight, for operators.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ParkedKey {
+    pub key: String,
+    pub parked: u64,
+    pub oldest: Option<i64>,
+    pub sync_pending_since: Option<i64>,
+    pub sync_process_id: Option<ProcessId>,
 }
 
 /// One try of one node on one message, kept for the trash view and reports.
@@ -122,6 +185,9 @@ pub struct Completion {
     pub spawned: Vec<NewProcess>,
     pub attempt: Option<Attempt>,
     pub error: Option<String>,
+    pub park: Option<Park>,
+    pub releases: Vec<Release>,
+    pub cache: Vec<CacheWrite>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -142,8 +208,11 @@ pub enum ProcessState {
 pub struct MessageCounts {
     /// Every message the process created.
     pub total: u64,
-    /// Still queued, running or waiting for a retry.
+    /// Still queued, running, waiting for a retry, or parked.
     pub open: u64,
+    /// Of `open`, parked under a key.
+    #[serde(default)]
+    pub parked: u64,
     pub done: u64,
     pub filtered: u64,
     pub trash: u64,
@@ -174,6 +243,9 @@ pub struct ProcessReport {
     pub trash: Vec<TrashEntry>,
     /// Processes started by this one's `send` nodes.
     pub children: Vec<ProcessId>,
+    /// For a sync process: the key its clean end releases.
+    #[serde(default)]
+    pub release_key: Option<String>,
 }
 
 impl ProcessReport {
@@ -216,6 +288,24 @@ pub trait MessageStore {
     fn wait_for_work(&self, max: Duration) -> impl Future<Output = ()> + Send;
 }
 
+/// Wait queues and the store tier of check caches.
+pub trait ParkStore {
+    /// Releases `release.key` now (an operator, or a release node outside a step).
+    fn release(&self, release: Release) -> impl Future<Output = Result<Released>> + Send;
+    /// Sends parked messages whose deadline passed to the trash; returns how many.
+    fn expire_parked(&self, now: i64) -> impl Future<Output = Result<u64>> + Send;
+    /// Whether a sync is in flight for `key`.
+    fn key_pending(&self, key: &str) -> impl Future<Output = Result<bool>> + Send;
+    fn parked_keys(&self) -> impl Future<Output = Result<Vec<ParkedKey>>> + Send;
+    /// The store tier's answer for `key`, if fresh at `now`.
+    fn cache_get(
+        &self,
+        cache: &str,
+        key: &str,
+        now: i64,
+    ) -> impl Future<Output = Result<Option<bool>>> + Send;
+}
+
 pub trait ScheduleStore {
     /// Opens `process` for the cron slot unless some engine already fired that slot.
     /// Returns whether this call fired it.
@@ -230,11 +320,27 @@ pub trait ScheduleStore {
 
 /// Everything a backend offers.
 pub trait Store:
-    TopologyStore + ProcessStore + MessageStore + ScheduleStore + Clone + Send + Sync + 'static
+    TopologyStore
+    + ProcessStore
+    + MessageStore
+    + ParkStore
+    + ScheduleStore
+    + Clone
+    + Send
+    + Sync
+    + 'static
 {
 }
 
 impl<T> Store for T where
-    T: TopologyStore + ProcessStore + MessageStore + ScheduleStore + Clone + Send + Sync + 'static
+    T: TopologyStore
+        + ProcessStore
+        + MessageStore
+        + ParkStore
+        + ScheduleStore
+        + Clone
+        + Send
+        + Sync
+        + 'static
 {
 }
