@@ -4,6 +4,8 @@
 //! Exit codes: 0 success; 1 a process left messages in the trash, or a runtime failure;
 //! 2 usage, validation or bad input.
 
+mod demo;
+mod graph;
 mod report;
 
 use std::io::IsTerminal;
@@ -61,6 +63,30 @@ enum Command {
     Run(RunArgs),
     /// Run the engine continuously (cron events fire) with the HTTP API.
     Serve(ServeArgs),
+    /// Release a key by hand: every message parked under it resumes.
+    Release {
+        /// The key, e.g. `category:42`.
+        key: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Keys with parked messages or a sync in flight.
+    Parked {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print topologies as a Mermaid (default) or DOT graph, `requires` expanded.
+    Graph {
+        /// Only this topology.
+        topology: Option<String>,
+        #[arg(long, default_value = "mermaid", value_parser = ["mermaid", "dot"])]
+        format: String,
+    },
+    /// Run the simulated shop and marketplace until Ctrl-C.
+    Simulate(demo::SimulateArgs),
+    /// The reference scenario: simulators, RUN products, and a report against the least
+    /// possible and against a naive design.
+    Demo(demo::DemoArgs),
 }
 
 #[derive(Args)]
@@ -171,6 +197,21 @@ async fn dispatch(cli: Cli) -> Result<u8, Failure> {
         Command::Run(ref args) if args.server.is_some() => run_remote(args).await,
         Command::Run(ref args) => run_embedded(&cli, args).await,
         Command::Serve(ref args) => serve(&cli, args).await,
+        Command::Release { ref key, json } => release(&cli, key, json).await,
+        Command::Parked { json } => parked(&cli, json).await,
+        Command::Graph {
+            ref topology,
+            ref format,
+        } => {
+            let catalog = load(&cli.topologies)?;
+            print!(
+                "{}",
+                graph::render(&catalog, topology.as_deref(), format).map_err(usage)?
+            );
+            Ok(0)
+        }
+        Command::Simulate(ref args) => demo::simulate(args).await,
+        Command::Demo(ref args) => demo::demo(args).await,
     }
 }
 
@@ -326,6 +367,8 @@ struct Tree {
     done: bool,
     processes: u64,
     trash: u64,
+    /// Started processes (not the root) per topology.
+    by_topology: std::collections::BTreeMap<String, u64>,
 }
 
 async fn tree(reports: &Reports, root: &ProcessReport) -> Result<Tree, Failure> {
@@ -333,6 +376,7 @@ async fn tree(reports: &Reports, root: &ProcessReport) -> Result<Tree, Failure> 
         done: root.is_done(),
         processes: 1,
         trash: root.messages.trash,
+        by_topology: Default::default(),
     };
     let mut pending: Vec<ProcessId> = root.children.clone();
     while let Some(id) = pending.pop() {
@@ -343,6 +387,7 @@ async fn tree(reports: &Reports, root: &ProcessReport) -> Result<Tree, Failure> 
         t.done &= r.is_done();
         t.processes += 1;
         t.trash += r.messages.trash;
+        *t.by_topology.entry(r.topology.clone()).or_default() += 1;
         pending.extend(r.children);
     }
     Ok(t)
@@ -453,6 +498,84 @@ async fn run_remote(args: &RunArgs) -> Result<u8, Failure> {
     let reports = Reports::Remote { client, base };
     let (report, tree) = follow(&reports, id, !args.json).await?;
     finish(&report, &tree, args)
+}
+
+fn open_store(cli: &Cli) -> Result<SqliteStore, Failure> {
+    if !cli.store.exists() {
+        return Err(usage(anyhow!(
+            "no store at {} (give --store)",
+            cli.store.display()
+        )));
+    }
+    SqliteStore::open(&cli.store)
+        .with_context(|| format!("cannot open the store {}", cli.store.display()))
+        .map_err(runtime)
+}
+
+async fn release(cli: &Cli, key: &str, json: bool) -> Result<u8, Failure> {
+    use mend_store::ParkStore;
+    let store = open_store(cli)?;
+    let released = store
+        .release(mend_store::Release {
+            key: key.to_owned(),
+            source: "operator (mend release)".into(),
+            cache: Vec::new(),
+        })
+        .await
+        .map_err(runtime)?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&released).unwrap_or_default()
+        );
+    } else {
+        println!(
+            "released {}: {} message(s) resumed{}",
+            released.key,
+            released.resumed,
+            if released.was_pending {
+                ", its sync is no longer awaited"
+            } else {
+                ""
+            }
+        );
+    }
+    Ok(0)
+}
+
+async fn parked(cli: &Cli, json: bool) -> Result<u8, Failure> {
+    use mend_store::ParkStore;
+    let store = open_store(cli)?;
+    let keys = store.parked_keys().await.map_err(runtime)?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&keys).unwrap_or_default()
+        );
+        return Ok(0);
+    }
+    if keys.is_empty() {
+        println!("nothing is parked");
+        return Ok(0);
+    }
+    let now = mend_core::clock::now_ms();
+    let width = keys.iter().map(|k| k.key.len()).max().unwrap_or(3).max(3);
+    println!("{:width$}  {:>7}  {:>12}  sync", "key", "parked", "oldest");
+    for k in keys {
+        let age = k
+            .oldest
+            .map(|t| format!("{:.1}s ago", (now - t) as f64 / 1000.0))
+            .unwrap_or_else(|| "-".into());
+        let sync = match (k.sync_process_id, k.sync_pending_since) {
+            (Some(p), Some(since)) => {
+                format!("process {p}, for {:.1}s", (now - since) as f64 / 1000.0)
+            }
+            (None, Some(_)) => "pending, no sync process".into(),
+            _ => "none in flight".into(),
+        };
+        println!("{:width$}  {:>7}  {:>12}  {}", k.key, k.parked, age, sync);
+    }
+    Ok(0)
 }
 
 async fn serve(cli: &Cli, args: &ServeArgs) -> Result<u8, Failure> {

@@ -361,7 +361,8 @@ pub struct CacheDoc {
     /// Defaults to the requirement's name (or the check node's).
     #[serde(default)]
     pub name: Option<String>,
-    /// How long "exists" is believed (default 10m).
+    /// How long "exists" is believed (default 10m). `0s` turns the cache off: every check
+    /// asks the system, and concurrent checks of one key are not merged.
     #[serde(default = "CacheDoc::default_ttl")]
     pub ttl: Dur,
     /// How long "missing" is believed (default 0: not cached).
@@ -401,6 +402,10 @@ pub struct ParkDoc {
     /// On release, mark the key present in this cache.
     #[serde(default)]
     pub cache: Option<CacheDoc>,
+    /// One sync per key while it is in flight (default). `false`: every parked message asks
+    /// for its own sync (only for comparisons).
+    #[serde(default)]
+    pub coalesce: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -432,6 +437,9 @@ pub struct RequiresDoc {
     pub mode: Option<Spanned<String>>,
     #[serde(default)]
     pub missing_response: Option<Spanned<MissingResponseDoc>>,
+    /// One sync per key while it is in flight (default `true`).
+    #[serde(default)]
+    pub coalesce: Option<bool>,
 }
 
 /// How the target says a prerequisite is missing (optimistic mode).

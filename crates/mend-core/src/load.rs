@@ -767,6 +767,7 @@ impl Checker {
                 sync,
                 max_wait: p.value.max_wait,
                 cache: p.value.cache.as_ref().map(|c| cache_spec(Some(c), nname)),
+                coalesce: p.value.coalesce.unwrap_or(true),
             }));
         }
         let r = n.release.as_ref()?;
@@ -839,6 +840,7 @@ impl Checker {
                     sync: Some(sync),
                     max_wait: r.value.max_wait,
                     cache: Some(cache.clone()),
+                    coalesce: r.value.coalesce.unwrap_or(true),
                 }),
                 edges: IndexMap::new(),
                 retry: Default::default(),

@@ -260,6 +260,8 @@ pub struct ParkSpec {
     pub max_wait: Option<Dur>,
     /// On release, the key is marked present in this cache.
     pub cache: Option<CacheSpec>,
+    /// One sync per key while it is in flight.
+    pub coalesce: bool,
 }
 
 #[derive(Debug)]

@@ -315,6 +315,30 @@ impl<S: mend_store::Store> Inner<S> {
             step
         };
         let missing = |at: i64| Step::route(outcome::MISSING, vec![checked(msg, at)]);
+        if spec.cache.ttl.0.is_zero() {
+            // No cache: every check asks.
+            let answer = match self.request(topo, &spec.http, msg, &ctx, None).await {
+                Err(HttpFailure::Build(error)) => Err(CheckMiss::Fail {
+                    error,
+                    status: None,
+                    excerpt: None,
+                }),
+                Err(HttpFailure::Transport(error)) => Err(CheckMiss::Retry {
+                    error,
+                    status: None,
+                    excerpt: None,
+                    after: None,
+                }),
+                Ok(reply) => self.classify_check(topo, spec, msg, reply),
+            };
+            return match answer {
+                Ok(_) => Step::route(
+                    outcome::EXISTS,
+                    vec![checked(msg, mend_core::clock::now_ms())],
+                ),
+                Err(miss) => miss_step(&miss, missing),
+            };
+        }
         let tier = self.caches.tier(&spec.cache);
         if tier.positive.get(&key).await.is_some() {
             return exists(false);
@@ -373,37 +397,19 @@ impl<S: mend_store::Store> Inner<S> {
             .await;
         match result {
             Ok(_) => exists(true),
-            Err(miss) => match &*miss {
-                CheckMiss::Missing { at } => {
-                    let mut step = missing(*at);
-                    if let Some(neg) = &tier.negative {
-                        neg.insert(key.clone(), *at).await;
-                        step.cache.push(CacheWrite {
-                            cache: spec.cache.name.clone(),
-                            key: key.clone(),
-                            present: Some(false),
-                            expires_at: at + spec.cache.negative_ttl.as_millis(),
-                        });
-                    }
-                    step
+            Err(miss) => {
+                let mut step = miss_step(&miss, missing);
+                if let (CheckMiss::Missing { at }, Some(neg)) = (&*miss, &tier.negative) {
+                    neg.insert(key.clone(), *at).await;
+                    step.cache.push(CacheWrite {
+                        cache: spec.cache.name.clone(),
+                        key: key.clone(),
+                        present: Some(false),
+                        expires_at: at + spec.cache.negative_ttl.as_millis(),
+                    });
                 }
-                CheckMiss::Retry {
-                    error,
-                    status,
-                    excerpt,
-                    after,
-                } => Step::retry(error.clone(), *status, excerpt.clone(), *after),
-                CheckMiss::Fail {
-                    error,
-                    status,
-                    excerpt,
-                } => {
-                    let mut step = Step::fail(outcome::FAILED, error.clone());
-                    step.status = *status;
-                    step.excerpt = excerpt.clone();
-                    step
-                }
-            },
+                step
+            }
         }
     }
 
@@ -482,6 +488,7 @@ impl<S: mend_store::Store> Inner<S> {
                 .cache
                 .as_ref()
                 .map(|c| (c.name.clone(), c.ttl.as_millis())),
+            coalesce: spec.coalesce,
         };
         Step {
             kind: StepKind::Park(Box::new(park)),
@@ -875,6 +882,29 @@ fn flatten_items(values: Vec<Value>) -> Vec<Value> {
         }
     } else {
         values.into_iter().filter(|v| !v.is_null()).collect()
+    }
+}
+
+/// The step for a check that did not say "exists".
+fn miss_step(miss: &CheckMiss, missing: impl Fn(i64) -> Step) -> Step {
+    match miss {
+        CheckMiss::Missing { at } => missing(*at),
+        CheckMiss::Retry {
+            error,
+            status,
+            excerpt,
+            after,
+        } => Step::retry(error.clone(), *status, excerpt.clone(), *after),
+        CheckMiss::Fail {
+            error,
+            status,
+            excerpt,
+        } => {
+            let mut step = Step::fail(outcome::FAILED, error.clone());
+            step.status = *status;
+            step.excerpt = excerpt.clone();
+            step
+        }
     }
 }
 

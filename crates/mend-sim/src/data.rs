@@ -431,20 +431,25 @@ impl Dataset {
     /// learns each fact once (a cache, single-flight per category).
     ///
     /// - `checks` = |[`referenced_categories`](Self::referenced_categories) ∪
-    ///   [`missing_needed`](Self::missing_needed)|: one request for every distinct category
-    ///   a product belongs to (does the target have it?), plus one for every missing
-    ///   ancestor of a missing referenced category that no product references (found out
-    ///   while syncing its child, by a check or by the `missing_parent` rejection of the
-    ///   child's create). The first ancestor the target holds costs nothing: creating the
-    ///   child below it succeeds.
+    ///   [`missing_needed`](Self::missing_needed) ∪ parents of `missing_needed`|: one request
+    ///   for every distinct category a product belongs to (does the target have it?), and,
+    ///   since a category is created only once its parent is known to exist, one for the
+    ///   parent of every missing category the run creates (a missing ancestor, or the first
+    ///   ancestor the target holds).
     /// - `category_creates` = |[`missing_needed`](Self::missing_needed)|: one create per
     ///   missing category a product needs, ancestors included.
     /// - `product_creates` = the number of products: the target starts with none.
     /// - `total` = the sum.
     pub fn lower_bound(&self) -> LowerBound {
         let needed = self.missing_needed();
-        let referenced = self.referenced_categories();
-        let checks = referenced.union(&needed).count();
+        let mut learn = self.referenced_categories();
+        learn.extend(needed.iter().copied());
+        learn.extend(
+            needed
+                .iter()
+                .filter_map(|id| self.category(*id).and_then(|c| c.parent_id)),
+        );
+        let checks = learn.len();
         LowerBound::new(checks, needed.len(), self.products.len())
     }
 
@@ -526,7 +531,8 @@ mod tests {
         assert_eq!(data.missing(), &BTreeSet::from([2, 3, 4, 6]));
         assert_eq!(data.referenced_categories(), BTreeSet::from([1, 3, 4, 5]));
         assert_eq!(data.missing_needed(), BTreeSet::from([2, 3, 4]));
-        // checks: 1, 3, 4, 5 referenced + 2 as the missing parent of 3.
+        // checks: 1, 3, 4, 5 referenced + 2 as the missing parent of 3 (1, the parent of 2,
+        // is referenced anyway).
         assert_eq!(
             data.lower_bound(),
             LowerBound {

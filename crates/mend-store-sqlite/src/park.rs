@@ -107,7 +107,7 @@ pub(crate) fn park(
             ])
         })
         .map_err(backend)?;
-    let detoured = inserted == 1 && park.sync.is_some();
+    let detoured = (inserted == 1 || !park.coalesce) && park.sync.is_some();
     if detoured && let Some(sync) = &park.sync {
         let mut sync = sync.clone();
         sync.release_key = Some(park.key.clone());

@@ -115,6 +115,9 @@ pub struct Park {
     pub sync: Option<NewProcess>,
     /// On release, mark the key present in this cache for this long (ms).
     pub cache_on_release: Option<(String, i64)>,
+    /// Open the sync only if none is in flight for the key (single-flight). `false` opens
+    /// one per parked message.
+    pub coalesce: bool,
 }
 
 /// Releases a key: every message parked under it resumes, the in-flight mark is cleared.
