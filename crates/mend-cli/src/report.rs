@@ -126,7 +126,7 @@ pub fn human(r: &ProcessReport) -> String {
     if !r.children.is_empty() {
         let _ = writeln!(
             out,
-            "\nstarted {} other process(es) with `send`",
+            "\nstarted {} other process(es) (sends and prerequisite syncs)",
             r.children.len()
         );
     }

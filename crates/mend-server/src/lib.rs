@@ -65,6 +65,8 @@ pub fn router<S: Store>(engine: Engine<S>) -> Router {
             post(start_event::<S>),
         )
         .route("/api/processes/{id}", get(process::<S>))
+        .route("/api/parked", get(parked::<S>))
+        .route("/api/keys/{key}/release", post(release::<S>))
         .route("/hooks/{topology}/{event}", post(webhook::<S>))
         .fallback(|| async {
             ApiError::new(
@@ -185,6 +187,23 @@ async fn process<S: Store>(
         .await?
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no process {id}")))?;
     Ok(Json(report_json(&report)))
+}
+
+async fn parked<S: Store>(State(engine): State<Engine<S>>) -> Result<Json<Value>, ApiError> {
+    let keys = engine.store().parked_keys().await?;
+    Ok(Json(serde_json::to_value(keys).unwrap_or(Value::Null)))
+}
+
+/// Releases a key by hand: every message parked under it resumes.
+async fn release<S: Store>(
+    State(engine): State<Engine<S>>,
+    Path(key): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    if key.trim().is_empty() {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "the key is empty"));
+    }
+    let released = engine.release(&key, "operator (API)").await?;
+    Ok(Json(serde_json::to_value(released).unwrap_or(Value::Null)))
 }
 
 /// A process report as JSON, with its duration.

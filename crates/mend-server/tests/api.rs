@@ -16,9 +16,12 @@ name: echo
 events:
   run: shape
   hook: { node: shape, webhook: { token_env: MEND_TEST_HOOK_TOKEN } }
+  hold: wait
 nodes:
   shape:
     map: "{n: (.n + 1)}"
+  wait:
+    park: { key: "k:{{ payload.k }}", resume: shape, max_wait: 1h }
 "#;
 
 struct Api {
@@ -215,4 +218,35 @@ async fn webhooks_need_their_token() {
     assert_eq!(status, 202, "{body}");
     let report = api.wait_done(body["process_id"].as_str().unwrap()).await;
     assert_eq!(report["event"], "hook");
+}
+
+#[tokio::test]
+async fn parked_keys_are_listed_and_released_by_hand() {
+    let api = api().await;
+    let (status, body) = api
+        .post("/api/topologies/echo/events/hold", r#"{"k": 7, "n": 1}"#)
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let id = body["process_id"].as_str().unwrap().to_owned();
+    let mut listed = Value::Null;
+    for _ in 0..500 {
+        let (_, parked) = api.get("/api/parked").await;
+        if parked[0]["parked"] == 1 {
+            listed = parked;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(listed[0]["key"], "k:7", "{listed}");
+    let (status, report) = api.get(&format!("/api/processes/{id}")).await;
+    assert_eq!((status, report["state"].as_str()), (200, Some("running")));
+    assert_eq!(report["messages"]["parked"], 1);
+    let (status, released) = api.post("/api/keys/k:7/release", "").await;
+    assert_eq!(status, 200, "{released}");
+    assert_eq!(released["resumed"], 1);
+    let report = api.wait_done(&id).await;
+    assert_eq!(report["nodes"]["shape"]["ok"], 1);
+    assert_eq!(report["messages"]["parked"], 0);
+    let (_, parked) = api.get("/api/parked").await;
+    assert_eq!(parked, serde_json::json!([]));
 }
