@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, anyhow};
 use clap::{Args, Parser, Subcommand};
-use mend_core::ids::ProcessId;
+use mend_core::ids::{MessageId, ProcessId};
 use mend_core::load::load_dir;
 use mend_core::topology::Catalog;
 use mend_engine::{Engine, EngineConfig};
@@ -70,6 +70,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Failed messages: list, show, approve (re-run at the failed node), reject.
+    Trash {
+        #[command(subcommand)]
+        command: TrashCommand,
+    },
     /// Keys with parked messages or a sync in flight.
     Parked {
         #[arg(long)]
@@ -87,6 +92,36 @@ enum Command {
     /// The reference scenario: simulators, RUN products, and a report against the least
     /// possible and against a naive design.
     Demo(demo::DemoArgs),
+}
+
+#[derive(Subcommand)]
+enum TrashCommand {
+    /// Newest first.
+    List {
+        #[arg(long)]
+        topology: Option<String>,
+        #[arg(long)]
+        node: Option<String>,
+        #[arg(long)]
+        process: Option<ProcessId>,
+        /// Only entries whose error contains this text.
+        #[arg(long)]
+        error: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        #[arg(long)]
+        json: bool,
+    },
+    /// One entry: payload, headers, error and every attempt.
+    Show {
+        id: MessageId,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-run the message at the node where it failed, in its process, with fresh attempts.
+    Approve { id: MessageId },
+    /// Close it for good. Rejecting a prerequisite's sync ends what waits on it.
+    Reject { id: MessageId },
 }
 
 #[derive(Args)]
@@ -199,6 +234,7 @@ async fn dispatch(cli: Cli) -> Result<u8, Failure> {
         Command::Serve(ref args) => serve(&cli, args).await,
         Command::Release { ref key, json } => release(&cli, key, json).await,
         Command::Parked { json } => parked(&cli, json).await,
+        Command::Trash { ref command } => trash(&cli, command).await,
         Command::Graph {
             ref topology,
             ref format,
@@ -541,6 +577,119 @@ async fn release(cli: &Cli, key: &str, json: bool) -> Result<u8, Failure> {
         );
     }
     Ok(0)
+}
+
+async fn trash(cli: &Cli, command: &TrashCommand) -> Result<u8, Failure> {
+    use mend_store::{TrashAction, TrashFilter, TrashStore};
+    let store = open_store(cli)?;
+    match command {
+        TrashCommand::List {
+            topology,
+            node,
+            process,
+            error,
+            limit,
+            json,
+        } => {
+            let filter = TrashFilter {
+                topology: topology.clone(),
+                node: node.clone(),
+                process_id: *process,
+                error: error.clone(),
+                limit: Some(*limit),
+            };
+            let entries = store.list_trash(filter).await.map_err(runtime)?;
+            if *json {
+                print_json(&entries);
+            } else if entries.is_empty() {
+                println!("the trash is empty");
+            } else {
+                for e in entries {
+                    println!(
+                        "{}  {}/{}  {} attempt(s)  {}",
+                        e.message_id,
+                        e.topology,
+                        e.node,
+                        e.attempts.len(),
+                        e.error.as_deref().unwrap_or("no error recorded")
+                    );
+                }
+            }
+            Ok(0)
+        }
+        TrashCommand::Show { id, json } => {
+            let entry = store
+                .trash_entry(*id)
+                .await
+                .map_err(runtime)?
+                .ok_or_else(|| usage(anyhow!("message {id} is not in the trash")))?;
+            if *json {
+                print_json(&entry);
+            } else {
+                println!(
+                    "message  {}\nprocess  {}\nnode     {}/{}",
+                    entry.message_id, entry.process_id, entry.topology, entry.node
+                );
+                println!("error    {}", entry.error.as_deref().unwrap_or("-"));
+                println!(
+                    "payload  {}",
+                    serde_json::to_string_pretty(&entry.payload).unwrap_or_default()
+                );
+                if !entry.headers.is_empty() {
+                    println!(
+                        "headers  {}",
+                        serde_json::to_string(&entry.headers).unwrap_or_default()
+                    );
+                }
+                for a in &entry.attempts {
+                    println!(
+                        "attempt {} at {}: {}{}{}",
+                        a.attempt,
+                        a.at,
+                        a.outcome,
+                        a.status.map(|s| format!(" HTTP {s}")).unwrap_or_default(),
+                        a.error
+                            .as_ref()
+                            .map(|e| format!(" — {e}"))
+                            .unwrap_or_default()
+                    );
+                    if let Some(x) = &a.response_excerpt {
+                        println!("  response: {x}");
+                    }
+                }
+            }
+            Ok(0)
+        }
+        TrashCommand::Approve { id } | TrashCommand::Reject { id } => {
+            let action = if matches!(command, TrashCommand::Approve { .. }) {
+                TrashAction::Approve
+            } else {
+                TrashAction::Reject
+            };
+            let verb = if action == TrashAction::Approve {
+                "approved"
+            } else {
+                "rejected"
+            };
+            if store
+                .act_on_trash(*id, action, "operator (mend trash)")
+                .await
+                .map_err(runtime)?
+            {
+                println!("{verb} {id}");
+                Ok(0)
+            } else {
+                Err(usage(anyhow!("message {id} is not in the trash")))
+            }
+        }
+    }
+}
+
+fn print_json<T: serde::Serialize>(value: &T) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).unwrap_or_default()
+    );
 }
 
 async fn parked(cli: &Cli, json: bool) -> Result<u8, Failure> {

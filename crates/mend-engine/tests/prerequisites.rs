@@ -16,7 +16,7 @@ use axum::routing::{get, post};
 use mend_core::ids::ProcessId;
 use mend_core::load::load_sources;
 use mend_engine::{Engine, EngineConfig};
-use mend_store::{ParkStore, ProcessReport};
+use mend_store::{ParkStore, ProcessReport, ProcessStore};
 use mend_store_sqlite::SqliteStore;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
@@ -498,4 +498,109 @@ nodes:
         "only products of the missing category were rejected: {rejected}"
     );
     assert_eq!(target.count("POST /products"), 100 + rejected);
+}
+
+/// Parks four products behind a sync that fails (its create answers 500), and returns the
+/// products process and the sync's trash entry.
+async fn parked_behind_failed_sync(h: &Harness) -> (ProcessId, mend_core::ids::MessageId) {
+    use mend_store::{TrashFilter, TrashStore};
+    let id = h
+        .engine
+        .start(
+            "products",
+            "run",
+            json!({"products": products(4, |_| 5)}),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    for _ in 0..500 {
+        let trash = h
+            .engine
+            .store()
+            .list_trash(TrashFilter {
+                topology: Some("category-sync".into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        if h.scalar("SELECT count(*) FROM messages WHERE state = 'parked'") == 4 && trash.len() == 1
+        {
+            assert!(
+                trash[0].error.as_deref().unwrap().contains("HTTP 500"),
+                "{trash:#?}"
+            );
+            assert!(!trash[0].attempts.is_empty());
+            return (id, trash[0].message_id);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the products did not park behind a failed sync");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approving_the_failed_sync_releases_the_waiting_messages() {
+    use mend_store::{TrashAction, TrashStore};
+    let (url, target) = target().await;
+    target.parents.lock().unwrap().insert(5, None);
+    target.broken.lock().unwrap().insert(5);
+    let [p, c] = topologies("10m");
+    let h = harness(&url, &[&p, &c], 4).await;
+    let (id, sync_message) = parked_behind_failed_sync(&h).await;
+    // Still parked, visible and counted, while the sync sits in the trash.
+    let report = h.engine.store().process_report(id).await.unwrap().unwrap();
+    assert_eq!((report.messages.parked, report.is_done()), (4, false));
+    // The operator fixes the cause and approves the sync's message: it re-runs at the failed
+    // node, succeeds, and its process's clean end releases the key.
+    target.broken.lock().unwrap().clear();
+    assert!(
+        h.engine
+            .store()
+            .act_on_trash(sync_message, TrashAction::Approve, "test")
+            .await
+            .unwrap()
+    );
+    let report = h.wait(id).await;
+    assert_eq!(report.messages.trash, 0, "{report:#?}");
+    assert_eq!(target.products.lock().unwrap().len(), 4);
+    let sync = h.wait(report.children[0]).await;
+    assert_eq!((sync.messages.trash, sync.messages.rejected), (0, 0));
+    assert!(
+        !h.engine
+            .store()
+            .act_on_trash(sync_message, TrashAction::Approve, "test")
+            .await
+            .unwrap(),
+        "no longer in the trash"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejecting_the_failed_sync_sends_the_waiting_messages_to_the_trash() {
+    use mend_store::{TrashAction, TrashStore};
+    let (url, target) = target().await;
+    target.parents.lock().unwrap().insert(5, None);
+    target.broken.lock().unwrap().insert(5);
+    let [p, c] = topologies("10m");
+    let h = harness(&url, &[&p, &c], 4).await;
+    let (id, sync_message) = parked_behind_failed_sync(&h).await;
+    assert!(
+        h.engine
+            .store()
+            .act_on_trash(sync_message, TrashAction::Reject, "test")
+            .await
+            .unwrap()
+    );
+    let report = h.wait(id).await;
+    assert_eq!(report.messages.trash, 4, "{report:#?}");
+    for t in &report.trash {
+        assert_eq!(t.error.as_deref(), Some("prerequisite category:5 rejected"));
+    }
+    let sync = h.wait(report.children[0]).await;
+    assert_eq!((sync.messages.trash, sync.messages.rejected), (0, 1));
+    assert_eq!(h.scalar("SELECT count(*) FROM park_keys"), 0);
+    assert_eq!(
+        h.scalar("SELECT count(*) FROM trash_actions WHERE action = 'reject'"),
+        1
+    );
 }

@@ -66,6 +66,9 @@ pub fn router<S: Store>(engine: Engine<S>) -> Router {
         )
         .route("/api/processes/{id}", get(process::<S>))
         .route("/api/parked", get(parked::<S>))
+        .route("/api/trash", get(trash_list::<S>))
+        .route("/api/trash/{id}", get(trash_show::<S>))
+        .route("/api/trash/{id}/{action}", post(trash_act::<S>))
         .route("/api/keys/{key}/release", post(release::<S>))
         .route("/hooks/{topology}/{event}", post(webhook::<S>))
         .fallback(|| async {
@@ -204,6 +207,65 @@ async fn release<S: Store>(
     }
     let released = engine.release(&key, "operator (API)").await?;
     Ok(Json(serde_json::to_value(released).unwrap_or(Value::Null)))
+}
+
+async fn trash_list<S: Store>(
+    State(engine): State<Engine<S>>,
+    axum::extract::Query(filter): axum::extract::Query<mend_store::TrashFilter>,
+) -> Result<Json<Value>, ApiError> {
+    let entries = engine.store().list_trash(filter).await?;
+    Ok(Json(serde_json::to_value(entries).unwrap_or(Value::Null)))
+}
+
+fn message_id(id: &str) -> Result<mend_core::ids::MessageId, ApiError> {
+    id.parse().map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("`{id}` is not a message id (a UUID)"),
+        )
+    })
+}
+
+async fn trash_show<S: Store>(
+    State(engine): State<Engine<S>>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let id = message_id(&id)?;
+    let entry = engine.store().trash_entry(id).await?.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("message {id} is not in the trash"),
+        )
+    })?;
+    Ok(Json(serde_json::to_value(entry).unwrap_or(Value::Null)))
+}
+
+async fn trash_act<S: Store>(
+    State(engine): State<Engine<S>>,
+    Path((id, action)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let id = message_id(&id)?;
+    let action = match action.as_str() {
+        "approve" => mend_store::TrashAction::Approve,
+        "reject" => mend_store::TrashAction::Reject,
+        other => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("no trash action `{other}`; use approve or reject"),
+            ));
+        }
+    };
+    if !engine
+        .store()
+        .act_on_trash(id, action.clone(), "operator (API)")
+        .await?
+    {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("message {id} is not in the trash"),
+        ));
+    }
+    Ok(Json(json!({ "message_id": id, "action": action })))
 }
 
 /// A process report as JSON, with its duration.

@@ -250,3 +250,56 @@ async fn parked_keys_are_listed_and_released_by_hand() {
     let (_, parked) = api.get("/api/parked").await;
     assert_eq!(parked, serde_json::json!([]));
 }
+
+#[tokio::test]
+async fn trash_entries_are_listed_shown_approved_and_rejected() {
+    let api = api().await;
+    // `shape` fails for a payload whose `n` is not a number: the message goes to the trash.
+    let (status, body) = api
+        .post("/api/topologies/echo/events/run", r#"{"n": "x"}"#)
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let id = body["process_id"].as_str().unwrap().to_owned();
+    let report = api.wait_done(&id).await;
+    assert_eq!(report["messages"]["trash"], 1);
+    let (status, list) = api.get("/api/trash?topology=echo").await;
+    assert_eq!(status, 200);
+    let entry = &list[0];
+    assert_eq!(entry["node"], "shape");
+    assert!(
+        entry["error"].as_str().unwrap().contains("jq error"),
+        "{entry}"
+    );
+    let mid = entry["message_id"].as_str().unwrap().to_owned();
+    let (status, shown) = api.get(&format!("/api/trash/{mid}")).await;
+    assert_eq!((status, shown["payload"]["n"].as_str()), (200, Some("x")));
+    assert_eq!(shown["attempts"].as_array().unwrap().len(), 1);
+    let (status, _) = api.post(&format!("/api/trash/{mid}/explode"), "").await;
+    assert_eq!(status, 404);
+    let (status, _) = api.post("/api/trash/not-an-id/approve", "").await;
+    assert_eq!(status, 400);
+    // Approve: it runs again at `shape`, fails again the same way, and is back in the trash.
+    let (status, body) = api.post(&format!("/api/trash/{mid}/approve"), "").await;
+    assert_eq!(status, 200, "{body}");
+    let report = api.wait_done(&id).await;
+    assert_eq!(report["messages"]["trash"], 1);
+    let (_, shown) = api.get(&format!("/api/trash/{mid}")).await;
+    assert_eq!(
+        shown["attempts"].as_array().unwrap().len(),
+        2,
+        "the history keeps both runs"
+    );
+    // Reject: closed, counted, and no longer in the trash.
+    let (status, _) = api.post(&format!("/api/trash/{mid}/reject"), "").await;
+    assert_eq!(status, 200);
+    let (_, report) = api.get(&format!("/api/processes/{id}")).await;
+    assert_eq!(
+        (
+            report["messages"]["trash"].as_u64(),
+            report["messages"]["rejected"].as_u64()
+        ),
+        (Some(0), Some(1))
+    );
+    let (status, _) = api.post(&format!("/api/trash/{mid}/reject"), "").await;
+    assert_eq!(status, 404, "a rejected entry is no longer in the trash");
+}

@@ -1,5 +1,5 @@
--- mend store schema, version 2: parked messages, sync requests per key, releases, and the
--- store tier of check caches.
+-- mend store schema, version 2: parked messages, sync requests per key, releases, the store
+-- tier of check caches, and rejected trash entries.
 --
 -- SQLite cannot change a CHECK constraint in place, so `messages` is rebuilt with the new
 -- `parked` state and its park columns (the documented 12-step table rebuild, inside the
@@ -11,7 +11,7 @@ CREATE TABLE messages_v2 (
     topology     TEXT    NOT NULL,
     version      TEXT    NOT NULL,
     node         TEXT    NOT NULL,
-    state        TEXT    NOT NULL CHECK (state IN ('queued', 'running', 'retry', 'parked', 'done', 'filtered', 'trash')),
+    state        TEXT    NOT NULL CHECK (state IN ('queued', 'running', 'retry', 'parked', 'done', 'filtered', 'trash', 'rejected')),
     payload      TEXT    NOT NULL,
     headers      TEXT    NOT NULL,
     context      TEXT    NOT NULL,
@@ -45,11 +45,44 @@ CREATE INDEX messages_process ON messages (process_id, state);
 CREATE INDEX messages_parked ON messages (park_key) WHERE state = 'parked';
 CREATE INDEX messages_park_deadline ON messages (parked_until) WHERE state = 'parked';
 
--- Parked messages per process (part of `open`), and for a sync process the key its clean end
--- releases.
+-- Parked messages per process (part of `open`), trash entries an operator rejected (closed;
+-- no longer in `trash`), and for a sync process the key its clean end releases.
 ALTER TABLE processes ADD COLUMN parked INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE processes ADD COLUMN rejected INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE processes ADD COLUMN release_key TEXT;
 CREATE INDEX processes_release_key ON processes (release_key) WHERE release_key IS NOT NULL;
+
+-- Attempts keyed by a sequence: an approved message starts its attempts again from 1 and its
+-- earlier history stays.
+CREATE TABLE attempts_v2 (
+    seq              INTEGER PRIMARY KEY AUTOINCREMENT,
+    message_id       TEXT    NOT NULL,
+    attempt          INTEGER NOT NULL,
+    node             TEXT    NOT NULL,
+    at               INTEGER NOT NULL,
+    duration_ms      INTEGER NOT NULL,
+    outcome          TEXT    NOT NULL,
+    status           INTEGER,
+    error            TEXT,
+    response_excerpt TEXT
+);
+INSERT INTO attempts_v2 (message_id, attempt, node, at, duration_ms, outcome, status, error, response_excerpt)
+SELECT message_id, attempt, node, at, duration_ms, outcome, status, error, response_excerpt
+FROM attempts ORDER BY at;
+DROP TABLE attempts;
+ALTER TABLE attempts_v2 RENAME TO attempts;
+CREATE INDEX attempts_message ON attempts (message_id, seq);
+
+-- Operator actions on trash entries, for the audit trail.
+CREATE TABLE trash_actions (
+    seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+    message_id TEXT    NOT NULL,
+    action     TEXT    NOT NULL CHECK (action IN ('approve', 'reject', 'edit')),
+    at         INTEGER NOT NULL,
+    actor      TEXT    NOT NULL,
+    note       TEXT
+);
+CREATE INDEX trash_actions_message ON trash_actions (message_id, seq);
 
 -- One row per key whose sync is in flight: the row's existence is the single-flight mark.
 CREATE TABLE park_keys (

@@ -5,6 +5,7 @@
 //! small pool of read-only connections, which WAL lets run beside the writer.
 
 mod park;
+mod trash;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -17,7 +18,8 @@ use mend_core::message::Message;
 use mend_store::{
     Applied, ClaimRequest, Completion, Disposition, MessageCounts, MessageStore, NewMessage,
     NewProcess, ParkStore, ParkedKey, ProcessReport, ProcessState, ProcessStore, Release, Released,
-    Result, ScheduleStore, StoreError, TopologyStore, TrashEntry,
+    Result, ScheduleStore, StoreError, TopologyStore, TrashAction, TrashDetail, TrashEntry,
+    TrashFilter, TrashStore,
 };
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use tokio::sync::Notify;
@@ -363,7 +365,7 @@ fn complete(conn: &Connection, c: &Completion) -> Result<Applied> {
     }
     if let Some(a) = &c.attempt {
         conn.prepare_cached(
-            "INSERT OR REPLACE INTO attempts (message_id, attempt, node, at, duration_ms, outcome, status, error, response_excerpt)
+            "INSERT INTO attempts (message_id, attempt, node, at, duration_ms, outcome, status, error, response_excerpt)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
         )
         .and_then(|mut st| {
@@ -455,7 +457,7 @@ fn report(conn: &Connection, id: ProcessId) -> Result<Option<ProcessReport>> {
     let row = conn
         .query_row(
             "SELECT topology, version, event, state, parent_process_id, created_at, finished_at,
-                    total, open, done, filtered, trash, parked, release_key
+                    total, open, done, filtered, trash, parked, release_key, rejected
              FROM processes WHERE id = ?1",
             params![id.to_string()],
             |r| {
@@ -480,6 +482,7 @@ fn report(conn: &Connection, id: ProcessId) -> Result<Option<ProcessReport>> {
                         filtered: count(r, 10)?,
                         trash: count(r, 11)?,
                         parked: count(r, 12)?,
+                        rejected: count(r, 14)?,
                     },
                     nodes: IndexMap::new(),
                     trash: Vec::new(),
@@ -595,7 +598,9 @@ impl MessageStore for SqliteStore {
     }
 
     async fn complete(&self, completion: Completion) -> Result<Applied> {
-        let wakes = !completion.outputs.is_empty() || !completion.spawned.is_empty();
+        // Outputs, child processes, syncs opened by a park, and releases at a process's end all
+        // make work; only a retry (due later) does not.
+        let wakes = !matches!(completion.disposition, Disposition::Retry { .. });
         let applied = self
             .inner
             .writer
@@ -747,6 +752,27 @@ impl ParkStore for SqliteStore {
             .map_err(backend)
         })
         .await
+    }
+}
+
+impl TrashStore for SqliteStore {
+    async fn list_trash(&self, filter: TrashFilter) -> Result<Vec<TrashDetail>> {
+        self.read(move |conn| trash::list(conn, &filter)).await
+    }
+
+    async fn trash_entry(&self, id: MessageId) -> Result<Option<TrashDetail>> {
+        self.read(move |conn| trash::get(conn, id)).await
+    }
+
+    async fn act_on_trash(&self, id: MessageId, action: TrashAction, actor: &str) -> Result<bool> {
+        let actor = actor.to_owned();
+        let done = self
+            .inner
+            .writer
+            .exec(move |conn| trash::act(conn, id, &action, &actor, mend_core::clock::now_ms()))
+            .await?;
+        self.inner.work.notify_one();
+        Ok(done)
     }
 }
 

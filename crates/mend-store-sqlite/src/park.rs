@@ -85,7 +85,11 @@ pub(crate) fn park(
         .and_then(|mut st| st.execute(params![process.to_string()]))
         .map_err(backend)?;
     // Single-flight: the key's row exists while its sync is in flight; only the park that
-    // creates the row opens the sync.
+    // creates the row opens the sync. A park without a sync waits for an outside release and
+    // marks nothing in flight.
+    if park.sync.is_none() {
+        return Ok(Parked::Waiting { detoured: false });
+    }
     let (cache, ttl) = match &park.cache_on_release {
         Some((c, t)) => (Some(c.as_str()), Some(*t)),
         None => (None, None),
@@ -239,6 +243,8 @@ pub(crate) fn trash_parked(
 }
 
 /// Parked messages past their deadline go to the trash with the reason written at park time.
+/// A key left with nothing parked whose sync already ended (in the trash) is no longer
+/// marked in flight, so the next message that needs it asks for a new sync.
 pub(crate) fn expire(conn: &Connection, now: i64) -> Result<Vec<ProcessId>> {
     let rows: Vec<(String, String)> = conn
         .prepare_cached(
@@ -262,6 +268,15 @@ pub(crate) fn expire(conn: &Connection, now: i64) -> Result<Vec<ProcessId>> {
         .and_then(|mut st| st.execute(params![pid]))
         .map_err(backend)?;
         touched.push(parse_id(&pid)?);
+    }
+    if !touched.is_empty() {
+        conn.prepare_cached(
+            "DELETE FROM park_keys
+             WHERE NOT EXISTS (SELECT 1 FROM messages m WHERE m.state = 'parked' AND m.park_key = park_keys.key)
+               AND NOT EXISTS (SELECT 1 FROM processes p WHERE p.id = park_keys.sync_process_id AND p.state = 'running')",
+        )
+        .and_then(|mut st| st.execute([]))
+        .map_err(backend)?;
     }
     Ok(touched)
 }

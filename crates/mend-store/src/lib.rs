@@ -219,6 +219,9 @@ pub struct MessageCounts {
     pub done: u64,
     pub filtered: u64,
     pub trash: u64,
+    /// Trash entries an operator rejected (closed; not counted in `trash`).
+    #[serde(default)]
+    pub rejected: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -309,6 +312,60 @@ pub trait ParkStore {
     ) -> impl Future<Output = Result<Option<bool>>> + Send;
 }
 
+/// One trash entry in full, for operators.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrashDetail {
+    pub message_id: MessageId,
+    pub process_id: ProcessId,
+    pub topology: String,
+    pub node: String,
+    pub payload: Value,
+    pub headers: Headers,
+    pub error: Option<String>,
+    pub at: i64,
+    pub attempts: Vec<Attempt>,
+}
+
+/// Filter for listing the trash.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+pub struct TrashFilter {
+    pub topology: Option<String>,
+    pub node: Option<String>,
+    pub process_id: Option<ProcessId>,
+    /// Text the error contains.
+    pub error: Option<String>,
+    pub limit: Option<u32>,
+}
+
+/// What an operator did to a trash entry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TrashAction {
+    /// Re-run at the failed node, in the same process, with fresh attempts.
+    Approve,
+    /// Close it. A rejected sync sends the messages waiting on its key to the trash.
+    Reject,
+}
+
+/// The failed-message store: list, show, approve, reject.
+pub trait TrashStore {
+    fn list_trash(
+        &self,
+        filter: TrashFilter,
+    ) -> impl Future<Output = Result<Vec<TrashDetail>>> + Send;
+    fn trash_entry(
+        &self,
+        id: MessageId,
+    ) -> impl Future<Output = Result<Option<TrashDetail>>> + Send;
+    /// Returns false when the message is not (or no longer) in the trash.
+    fn act_on_trash(
+        &self,
+        id: MessageId,
+        action: TrashAction,
+        actor: &str,
+    ) -> impl Future<Output = Result<bool>> + Send;
+}
+
 pub trait ScheduleStore {
     /// Opens `process` for the cron slot unless some engine already fired that slot.
     /// Returns whether this call fired it.
@@ -327,6 +384,7 @@ pub trait Store:
     + ProcessStore
     + MessageStore
     + ParkStore
+    + TrashStore
     + ScheduleStore
     + Clone
     + Send
@@ -340,6 +398,7 @@ impl<T> Store for T where
         + ProcessStore
         + MessageStore
         + ParkStore
+        + TrashStore
         + ScheduleStore
         + Clone
         + Send
