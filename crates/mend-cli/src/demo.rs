@@ -157,6 +157,9 @@ struct RunResult {
     category_syncs: u64,
     requests: BTreeMap<String, u64>,
     requests_total: u64,
+    /// Answers 429 (rate limited) and 5xx (injected faults): what retries cost.
+    throttled: u64,
+    server_errors: u64,
     trash: u64,
     duration: Duration,
 }
@@ -243,7 +246,25 @@ async fn run_once(
                 .collect()
         })
         .unwrap_or_default();
+    let mut throttled = 0;
+    let mut server_errors = 0;
+    for by_status in stats["responses"]
+        .as_object()
+        .into_iter()
+        .flat_map(|m| m.values())
+    {
+        for (status, n) in by_status.as_object().into_iter().flatten() {
+            let n = n.as_u64().unwrap_or(0);
+            match status.parse::<u16>() {
+                Ok(429) => throttled += n,
+                Ok(500..=599) => server_errors += n,
+                _ => {}
+            }
+        }
+    }
     Ok(RunResult {
+        throttled,
+        server_errors,
         products_in_target: stats["products"].as_u64().unwrap_or(0),
         category_syncs: tree
             .by_topology
@@ -281,6 +302,8 @@ pub async fn demo(args: &DemoArgs) -> Result<u8, Failure> {
             "category_syncs": smart.category_syncs,
             "target_requests": smart.requests,
             "target_requests_total": smart.requests_total,
+            "target_answers_429": smart.throttled,
+            "target_answers_5xx": smart.server_errors,
             "lower_bound_target_requests": bound.total,
             "lower_bound": {
                 "checks": bound.checks,
@@ -366,6 +389,14 @@ pub async fn demo(args: &DemoArgs) -> Result<u8, Failure> {
             bound.category_creates,
             bound.product_creates
         );
+        if smart.throttled + smart.server_errors > 0 {
+            println!(
+                "{:<28} {:>16} {:>16}",
+                "  answered 429 / 5xx",
+                format!("{} / {}", smart.throttled, smart.server_errors),
+                col(&|r| format!("{} / {}", r.throttled, r.server_errors))
+            );
+        }
         println!(
             "{:<28} {:>16} {:>16}",
             "in the trash",

@@ -368,6 +368,20 @@ pub struct CacheDoc {
     /// How long "missing" is believed (default 0: not cached).
     #[serde(default)]
     pub negative_ttl: Dur,
+    /// What a release does to the key's entry (default `exists`).
+    #[serde(default)]
+    pub on_release: OnRelease,
+}
+
+/// What a release does to a key's cache entry.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum OnRelease {
+    /// Mark it present: resumed and later messages need no re-check.
+    #[default]
+    Exists,
+    /// Forget it: the next check asks the system.
+    Invalidate,
 }
 
 impl CacheDoc {
@@ -382,6 +396,7 @@ impl Default for CacheDoc {
             name: None,
             ttl: Self::default_ttl(),
             negative_ttl: Dur::default(),
+            on_release: OnRelease::default(),
         }
     }
 }

@@ -1235,6 +1235,7 @@ fn cache_spec(doc: Option<&CacheDoc>, fallback: &str) -> CacheSpec {
         name: doc.name.unwrap_or_else(|| fallback.to_owned()),
         ttl: doc.ttl,
         negative_ttl: doc.negative_ttl,
+        set_on_release: doc.on_release == crate::config::OnRelease::Exists,
     }
 }
 

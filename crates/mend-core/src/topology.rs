@@ -240,6 +240,8 @@ pub struct CacheSpec {
     pub ttl: Dur,
     /// Zero: "missing" is never cached.
     pub negative_ttl: Dur,
+    /// On release, mark the key present (no re-check) rather than forget it.
+    pub set_on_release: bool,
 }
 
 #[derive(Debug)]

@@ -487,7 +487,7 @@ impl<S: mend_store::Store> Inner<S> {
             cache_on_release: spec
                 .cache
                 .as_ref()
-                .map(|c| (c.name.clone(), c.ttl.as_millis())),
+                .map(|c| (c.name.clone(), c.set_on_release.then(|| c.ttl.as_millis()))),
             coalesce: spec.coalesce,
         };
         Step {

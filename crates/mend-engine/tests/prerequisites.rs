@@ -288,6 +288,13 @@ async fn thundering_herd_one_new_category_costs_one_sync() {
         "nothing is left pending"
     );
     assert_eq!(
+        h.scalar(
+            "SELECT present FROM cache_entries WHERE cache = 'category' AND key = 'category:77'"
+        ),
+        1,
+        "the release marked the category present in the shared cache"
+    );
+    assert_eq!(
         h.scalar("SELECT count(*) FROM messages WHERE state = 'parked'"),
         0
     );
@@ -601,6 +608,29 @@ async fn rejecting_the_failed_sync_sends_the_waiting_messages_to_the_trash() {
     assert_eq!(h.scalar("SELECT count(*) FROM park_keys"), 0);
     assert_eq!(
         h.scalar("SELECT count(*) FROM trash_actions WHERE action = 'reject'"),
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cache_set_to_invalidate_forgets_the_key_on_release() {
+    let (url, target) = target().await;
+    target.parents.lock().unwrap().insert(3, None);
+    let p = PRODUCTS.replace("MAX_WAIT", "10m").replace(
+        "        check: { system: target, get: \"/categories/{{ payload.category_id }}\" }",
+        "        check: { system: target, get: \"/categories/{{ payload.category_id }}\" }\n        cache: { ttl: 10m, on_release: invalidate }",
+    );
+    assert!(p.contains("on_release"));
+    let h = harness(&url, &[&p, CATEGORY_SYNC], 4).await;
+    let report = h.run(products(20, |_| 3)).await;
+    assert_eq!(report.messages.trash, 0, "{report:#?}");
+    assert_eq!(target.products.lock().unwrap().len(), 20);
+    assert_eq!(
+        h.scalar("SELECT count(*) FROM cache_entries WHERE key = 'category:3'"),
+        0
+    );
+    assert_eq!(
+        h.scalar("SELECT count(*) FROM releases WHERE key = 'category:3'"),
         1
     );
 }

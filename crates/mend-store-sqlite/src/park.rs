@@ -167,14 +167,15 @@ pub(crate) fn release(
     )
     .and_then(|mut st| st.execute(params![key, now, resumed as i64, source]))
     .map_err(backend)?;
-    if let Some((Some(cache_name), Some(ttl))) = &mark {
+    // The park's cache learns the key exists (a positive TTL) or forgets it (no TTL).
+    if let Some((Some(cache_name), ttl)) = &mark {
         write_cache(
             conn,
             &CacheWrite {
                 cache: cache_name.clone(),
                 key: key.to_owned(),
-                present: Some(true),
-                expires_at: now + ttl,
+                present: ttl.map(|_| true),
+                expires_at: now + ttl.unwrap_or(0),
             },
         )?;
     }

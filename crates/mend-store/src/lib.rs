@@ -113,8 +113,9 @@ pub struct Park {
     /// The sync to open if no sync is in flight for the key (single-flight); the store sets
     /// its `release_key`.
     pub sync: Option<NewProcess>,
-    /// On release, mark the key present in this cache for this long (ms).
-    pub cache_on_release: Option<(String, i64)>,
+    /// On release, mark the key present in this cache for this long (ms), or with `None`
+    /// remove it from the cache (the next check asks the system).
+    pub cache_on_release: Option<(String, Option<i64>)>,
     /// Open the sync only if none is in flight for the key (single-flight). `false` opens
     /// one per parked message.
     pub coalesce: bool,
