@@ -137,7 +137,7 @@ fn parked(msg: &Message, checked_at: i64, deadline: Option<i64>, cache: bool) ->
             expire_error: EXPIRE_ERROR.to_owned(),
             checked_at,
             sync: Some(sync_for(msg)),
-            cache_on_release: cache.then(|| (CACHE.to_owned(), CACHE_TTL)),
+            cache_on_release: cache.then(|| (CACHE.to_owned(), Some(CACHE_TTL))),
             coalesce: true,
         }),
         ..completion(msg, "parked", Disposition::Parked)
