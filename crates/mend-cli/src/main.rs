@@ -151,6 +151,10 @@ struct RunArgs {
 struct ServeArgs {
     #[arg(long, default_value = "127.0.0.1:7878")]
     listen: SocketAddr,
+    /// Require `Authorization: Bearer TOKEN` on every /api route. Needed to listen on an
+    /// address other than loopback.
+    #[arg(long, env = "MEND_API_TOKEN", hide_env_values = true)]
+    api_token: Option<String>,
     #[command(flatten)]
     engine: EngineArgs,
 }
@@ -728,9 +732,10 @@ async fn parked(cli: &Cli, json: bool) -> Result<u8, Failure> {
 }
 
 async fn serve(cli: &Cli, args: &ServeArgs) -> Result<u8, Failure> {
-    if !args.listen.ip().is_loopback() {
+    let api_token = args.api_token.clone().filter(|t| !t.trim().is_empty());
+    if !args.listen.ip().is_loopback() && api_token.is_none() {
         return Err(usage(anyhow!(
-            "refusing to listen on {} without API authentication; the API token arrives with the operator API, until then listen on 127.0.0.1",
+            "refusing to listen on {} without an API token: set MEND_API_TOKEN (or --api-token), or listen on 127.0.0.1",
             args.listen
         )));
     }
@@ -748,7 +753,8 @@ async fn serve(cli: &Cli, args: &ServeArgs) -> Result<u8, Failure> {
         let token = token.clone();
         tokio::spawn(async move { engine.run(token).await })
     };
-    let served = mend_server::serve(listener, engine.clone(), shutdown_signal()).await;
+    let config = mend_server::ServerConfig { api_token };
+    let served = mend_server::serve(listener, engine.clone(), config, shutdown_signal()).await;
     token.cancel();
     let engine_result = worker.await;
     served.context("the HTTP server failed").map_err(runtime)?;

@@ -46,6 +46,15 @@ pub struct SystemDoc {
     pub headers: IndexMap<String, String>,
     #[serde(default)]
     pub auth: Option<Spanned<AuthDoc>>,
+    /// Requests per time unit this engine sends to the system, e.g. `20/s`.
+    #[serde(default)]
+    pub rate: Option<crate::rate::Rate>,
+    /// Requests allowed at once above the steady rate (default: one second's worth, at least 1).
+    #[serde(default)]
+    pub burst: Option<u32>,
+    /// Requests in flight at once to the system.
+    #[serde(default)]
+    pub max_concurrent: Option<u32>,
 }
 
 /// Credentials, always read from environment variables, never written in the file.

@@ -9,5 +9,6 @@ pub mod ids;
 pub mod jq;
 pub mod load;
 pub mod message;
+pub mod rate;
 pub mod template;
 pub mod topology;

@@ -315,6 +315,9 @@ impl Checker {
                     timeout: s.timeout,
                     headers: s.headers.clone(),
                     auth,
+                    rate: s.rate,
+                    burst: s.burst,
+                    max_concurrent: s.max_concurrent,
                 },
             );
         }

@@ -68,6 +68,9 @@ pub struct System {
     pub timeout: Option<Dur>,
     pub headers: IndexMap<String, String>,
     pub auth: Option<Auth>,
+    pub rate: Option<crate::rate::Rate>,
+    pub burst: Option<u32>,
+    pub max_concurrent: Option<u32>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -118,6 +121,16 @@ pub struct Node {
 }
 
 impl Node {
+    /// The system this node sends requests to, if any.
+    pub fn system(&self) -> Option<&str> {
+        match &self.kind {
+            NodeKind::Http(h) => h.system.as_deref(),
+            NodeKind::Check(c) => c.http.system.as_deref(),
+            NodeKind::Split(s) => s.http.as_ref().and_then(|h| h.system.as_deref()),
+            _ => None,
+        }
+    }
+
     /// The node a message with this outcome goes to, if any.
     pub fn edge(&self, outcome: &str) -> Option<&str> {
         self.edges.get(outcome).map(String::as_str)

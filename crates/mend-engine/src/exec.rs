@@ -24,6 +24,8 @@ pub(crate) enum StepKind {
     Route,
     /// Wait under a key (the store may resume it at once or detect a cycle).
     Park(Box<Park>),
+    /// The system has no capacity now: wait, visibly, until `at` (Unix ms).
+    Limited { at: i64 },
     /// Transient failure: retry with backoff until the attempts run out.
     Retry { after: Option<Duration> },
     /// Permanent failure: to the trash.
@@ -72,6 +74,13 @@ impl Step {
         }
     }
 
+    fn limited(at: i64) -> Self {
+        Self {
+            kind: StepKind::Limited { at },
+            ..Self::route("limited", Vec::new())
+        }
+    }
+
     fn retry(
         error: String,
         status: Option<u16>,
@@ -92,6 +101,9 @@ impl Step {
 #[derive(Debug)]
 pub(crate) enum CheckMiss {
     Missing {
+        at: i64,
+    },
+    Limited {
         at: i64,
     },
     Retry {
@@ -134,6 +146,8 @@ pub(crate) struct HttpReply {
 pub(crate) enum HttpFailure {
     /// The request could not be built (a template failed): retrying will not help.
     Build(String),
+    /// The system's limiter says not before this time (Unix ms); nothing was sent.
+    Limited(i64),
     /// Timeout, connection refused, reset...: worth a retry.
     Transport(String),
 }
@@ -323,6 +337,7 @@ impl<S: mend_store::Store> Inner<S> {
                     status: None,
                     excerpt: None,
                 }),
+                Err(HttpFailure::Limited(at)) => Err(CheckMiss::Limited { at }),
                 Err(HttpFailure::Transport(error)) => Err(CheckMiss::Retry {
                     error,
                     status: None,
@@ -381,6 +396,7 @@ impl<S: mend_store::Store> Inner<S> {
                         status: None,
                         excerpt: None,
                     }),
+                    Err(HttpFailure::Limited(at)) => Err(CheckMiss::Limited { at }),
                     Err(HttpFailure::Transport(error)) => Err(CheckMiss::Retry {
                         error,
                         status: None,
@@ -500,6 +516,7 @@ impl<S: mend_store::Store> Inner<S> {
         let ctx = template_context(msg, None);
         match self.request(topo, spec, msg, &ctx, None).await {
             Err(HttpFailure::Build(e)) => Step::fail("error", e),
+            Err(HttpFailure::Limited(at)) => Step::limited(at),
             Err(HttpFailure::Transport(e)) => Step::retry(e, None, None, None),
             Ok(reply) => {
                 let body_text = match &reply.response.body {
@@ -607,6 +624,7 @@ impl<S: mend_store::Store> Inner<S> {
             .await
         {
             Err(HttpFailure::Build(e)) => return Step::fail("error", e),
+            Err(HttpFailure::Limited(at)) => return Step::limited(at),
             Err(HttpFailure::Transport(e)) => return Step::retry(e, None, None, None),
             Ok(r) => r,
         };
@@ -738,6 +756,16 @@ impl<S: mend_store::Store> Inner<S> {
         };
         let method = reqwest::Method::from_bytes(spec.method.as_bytes())
             .map_err(|_| HttpFailure::Build(format!("`{}` is not an HTTP method", spec.method)))?;
+        // The system's limiter: a request goes only with capacity; otherwise the message waits.
+        let limit = spec
+            .system
+            .as_ref()
+            .and_then(|s| self.limiters.system(&topo.name, s));
+        let _in_flight = match limit.map(|l| l.admit()) {
+            Some(Err(until)) => return Err(HttpFailure::Limited(until)),
+            Some(Ok(guard)) => Some(guard),
+            None => None,
+        };
         let mut req = self.http.request(method, &url);
         if let Some(s) = system {
             req = req.headers(s.headers.clone());
@@ -821,6 +849,20 @@ impl<S: mend_store::Store> Inner<S> {
             .get("retry-after")
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(Duration::from_secs);
+        if status == 429
+            && let Some(l) = limit
+        {
+            // Too many requests: pause the whole system for this engine, then carry on.
+            let wait = retry_after.unwrap_or(Duration::from_secs(1));
+            let until = mend_core::clock::now_ms() + wait.as_millis() as i64;
+            l.pause_until(until);
+            tracing::warn!(
+                system = l.name,
+                pause_ms = wait.as_millis() as u64,
+                "system answered 429; paused"
+            );
+            return Err(HttpFailure::Limited(until));
+        }
         let mut bytes = Vec::new();
         loop {
             match resp.chunk().await {
@@ -889,6 +931,7 @@ fn flatten_items(values: Vec<Value>) -> Vec<Value> {
 fn miss_step(miss: &CheckMiss, missing: impl Fn(i64) -> Step) -> Step {
     match miss {
         CheckMiss::Missing { at } => missing(*at),
+        CheckMiss::Limited { at } => Step::limited(*at),
         CheckMiss::Retry {
             error,
             status,

@@ -9,6 +9,9 @@
 mod cache;
 mod cron;
 mod exec;
+mod limiter;
+
+pub use limiter::LimiterView;
 mod systems;
 
 use std::sync::Arc;
@@ -103,6 +106,7 @@ pub(crate) struct Inner<S: Store> {
     pub(crate) config: EngineConfig,
     pub(crate) systems: systems::Systems,
     pub(crate) caches: cache::Caches,
+    pub(crate) limiters: limiter::Limiters,
     /// (topology, node) → its concurrency limit.
     limits: Vec<(String, String, Arc<Semaphore>)>,
     global: Arc<Semaphore>,
@@ -127,6 +131,7 @@ impl<S: Store> Engine<S> {
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Self, EngineError> {
         let systems = systems::resolve_all(&catalog, env)?;
+        let limiters = limiter::Limiters::new(&catalog, &systems);
         let http = reqwest::Client::builder()
             .user_agent(concat!("mend/", env!("CARGO_PKG_VERSION")))
             .build()
@@ -156,6 +161,7 @@ impl<S: Store> Engine<S> {
                 http,
                 systems,
                 caches: cache::Caches::default(),
+                limiters,
                 limits,
                 global: Arc::new(Semaphore::new(workers as usize)),
                 freed: Notify::new(),
@@ -257,6 +263,35 @@ impl<S: Store> Engine<S> {
         Ok(released)
     }
 
+    /// Every system's limiter with the messages waiting for it, per topology and node.
+    pub async fn limiter_view(&self) -> Result<Vec<serde_json::Value>, StoreError> {
+        let waiting = self.inner.store.limited().await?;
+        let limiters = &self.inner.limiters;
+        Ok(limiters
+            .all()
+            .iter()
+            .map(|l| {
+                let nodes: Vec<&(String, String)> = limiters.nodes_of(l).collect();
+                let mine: Vec<&mend_store::LimitedCount> = waiting
+                    .iter()
+                    .filter(|w| nodes.iter().any(|(t, n)| *t == w.topology && *n == w.node))
+                    .collect();
+                let mut v = serde_json::to_value(l.view()).unwrap_or_default();
+                if let serde_json::Value::Object(map) = &mut v {
+                    map.insert(
+                        "waiting".into(),
+                        serde_json::to_value(&mine).unwrap_or_default(),
+                    );
+                    map.insert(
+                        "oldest_wait".into(),
+                        serde_json::json!(mine.iter().map(|w| w.oldest).min()),
+                    );
+                }
+                v
+            })
+            .collect())
+    }
+
     /// Polls the store until the process is done.
     pub async fn wait_done(
         &self,
@@ -308,7 +343,11 @@ impl<S: Store> Engine<S> {
             let nodes: Vec<NodeCapacity> = (0..n)
                 .map(|i| &inner.limits[(i + rotate) % n])
                 .filter_map(|(t, node, sem)| {
-                    let free = (sem.available_permits() as u32).min(budget);
+                    let mut free = (sem.available_permits() as u32).min(budget);
+                    // A paused system or one at its in-flight cap takes no more now.
+                    if let Some(room) = inner.limiters.node(t, node).and_then(|l| l.room()) {
+                        free = free.min(room);
+                    }
                     (free > 0).then(|| NodeCapacity {
                         topology: t.clone(),
                         node: node.clone(),
@@ -537,6 +576,9 @@ impl<S: Store> Inner<S> {
             cache: step.cache,
         };
         match step.kind {
+            StepKind::Limited { at } => {
+                completion.disposition = Disposition::Limited { at };
+            }
             StepKind::Park(park) => {
                 completion.disposition = Disposition::Parked;
                 completion.park = Some(*park);

@@ -56,9 +56,45 @@ impl From<mend_store::StoreError> for ApiError {
     }
 }
 
-pub fn router<S: Store>(engine: Engine<S>) -> Router {
-    Router::new()
-        .route("/health", get(health))
+/// How the server is set up.
+#[derive(Clone, Debug, Default)]
+pub struct ServerConfig {
+    /// When set, every `/api` route requires `Authorization: Bearer <token>`.
+    pub api_token: Option<String>,
+}
+
+/// Rejects `/api` requests without the configured bearer token.
+async fn require_token(
+    State(config): State<std::sync::Arc<ServerConfig>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if let Some(expected) = &config.api_token {
+        let given = request
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        match given {
+            Some(t) if same_secret(t.as_bytes(), expected.as_bytes()) => {}
+            Some(_) => {
+                return ApiError::new(StatusCode::UNAUTHORIZED, "wrong API token").into_response();
+            }
+            None => {
+                return ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "this API needs `Authorization: Bearer TOKEN` (the token mend serve was started with)",
+                )
+                .into_response();
+            }
+        }
+    }
+    next.run(request).await
+}
+
+pub fn router<S: Store>(engine: Engine<S>, config: ServerConfig) -> Router {
+    let config = std::sync::Arc::new(config);
+    let api = Router::new()
         .route("/api/topologies", get(topologies::<S>))
         .route(
             "/api/topologies/{topology}/events/{event}",
@@ -66,11 +102,23 @@ pub fn router<S: Store>(engine: Engine<S>) -> Router {
         )
         .route("/api/processes/{id}", get(process::<S>))
         .route("/api/parked", get(parked::<S>))
+        .route("/api/processes", get(processes::<S>))
+        .route("/api/processes/{id}/trace", get(trace::<S>))
+        .route("/api/status", get(status::<S>))
+        .route("/api/heatmap", get(heatmap::<S>))
+        .route("/api/limiter", get(limiter::<S>))
+        .route("/api/trash/bulk", post(trash_bulk::<S>))
+        .route("/api/keys/{key}/drop", post(drop_key::<S>))
         .route("/api/trash", get(trash_list::<S>))
         .route("/api/trash/{id}", get(trash_show::<S>))
+        .route("/api/trash/{id}/edit", post(trash_edit::<S>))
         .route("/api/trash/{id}/{action}", post(trash_act::<S>))
         .route("/api/keys/{key}/release", post(release::<S>))
+        .route_layer(axum::middleware::from_fn_with_state(config, require_token));
+    Router::new()
+        .route("/health", get(health))
         .route("/hooks/{topology}/{event}", post(webhook::<S>))
+        .merge(api)
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -84,9 +132,10 @@ pub fn router<S: Store>(engine: Engine<S>) -> Router {
 pub async fn serve<S: Store>(
     listener: tokio::net::TcpListener,
     engine: Engine<S>,
+    config: ServerConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(engine))
+    axum::serve(listener, router(engine, config))
         .with_graceful_shutdown(shutdown)
         .await
 }
@@ -111,11 +160,7 @@ async fn topologies<S: Store>(State(engine): State<Engine<S>>) -> Json<Value> {
                     "cron": e.cron.as_ref().map(|c| c.expression.clone()),
                     "webhook": e.webhook.is_some(),
                 })).collect::<Vec<_>>(),
-                "nodes": t.nodes.values().map(|n| json!({
-                    "name": n.name,
-                    "kind": n.kind.kind_name(),
-                    "next": n.edges,
-                })).collect::<Vec<_>>(),
+                "nodes": t.nodes.values().map(|n| node_json(&engine, n)).collect::<Vec<_>>(),
             })
         })
         .collect();
@@ -266,6 +311,179 @@ async fn trash_act<S: Store>(
         ));
     }
     Ok(Json(json!({ "message_id": id, "action": action })))
+}
+
+/// A node for pictures: its edges, where a park resumes, and where a detour goes.
+fn node_json<S: Store>(engine: &Engine<S>, n: &mend_core::topology::Node) -> Value {
+    use mend_core::topology::NodeKind;
+    let (resume, detour) = match &n.kind {
+        NodeKind::Park(p) => (Some(p.resume.clone()), p.sync.as_ref()),
+        NodeKind::Send(s) => (None, Some(s)),
+        _ => (None, None),
+    };
+    let detour = detour.map(|s| {
+        let node = engine
+            .catalog()
+            .get(&s.topology)
+            .and_then(|t| t.events.get(&s.event))
+            .map(|e| e.node.clone());
+        json!({ "topology": s.topology, "event": s.event, "node": node })
+    });
+    json!({
+        "name": n.name,
+        "kind": n.kind.kind_name(),
+        "next": n.edges,
+        "origin": n.origin,
+        "resume": resume,
+        "detour": detour,
+        "system": n.system(),
+        "concurrency": n.concurrency,
+    })
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> Json<Value> {
+    Json(serde_json::to_value(value).unwrap_or(Value::Null))
+}
+
+async fn processes<S: Store>(
+    State(engine): State<Engine<S>>,
+    axum::extract::Query(filter): axum::extract::Query<mend_store::ProcessFilter>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(to_json(&engine.store().list_processes(filter).await?))
+}
+
+async fn trace<S: Store>(
+    State(engine): State<Engine<S>>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let id: ProcessId = id.parse().map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("`{id}` is not a process id (a UUID)"),
+        )
+    })?;
+    let trace = engine
+        .store()
+        .trace(id)
+        .await?
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no process {id}")))?;
+    Ok(to_json(&trace))
+}
+
+async fn status<S: Store>(State(engine): State<Engine<S>>) -> Result<Json<Value>, ApiError> {
+    let s = engine.store().status().await?;
+    Ok(Json(json!({
+        "processes": { "running": s.processes_running, "done": s.processes_done },
+        "messages": {
+            "queued": s.queued, "running": s.running, "retry": s.retry,
+            "limited": s.limited, "parked": s.parked, "trash": s.trash,
+        },
+    })))
+}
+
+#[derive(serde::Deserialize)]
+struct Window {
+    window: Option<String>,
+}
+
+async fn heatmap<S: Store>(
+    State(engine): State<Engine<S>>,
+    axum::extract::Query(w): axum::extract::Query<Window>,
+) -> Result<Json<Value>, ApiError> {
+    // 60 one-minute cells for an hour, 96 quarter-hours for a day, 168 hours for a week.
+    let (bucket_ms, buckets) = match w.window.as_deref().unwrap_or("1h") {
+        "1h" => (60_000, 60),
+        "24h" => (15 * 60_000, 96),
+        "7d" => (3_600_000, 168),
+        other => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("window `{other}` is not one of 1h, 24h, 7d"),
+            ));
+        }
+    };
+    let map = engine
+        .store()
+        .heatmap(bucket_ms, buckets, mend_core::clock::now_ms())
+        .await?;
+    Ok(to_json(&map))
+}
+
+async fn limiter<S: Store>(State(engine): State<Engine<S>>) -> Result<Json<Value>, ApiError> {
+    Ok(Json(Value::Array(engine.limiter_view().await?)))
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Edit {
+    payload: Option<Value>,
+    headers: Option<mend_core::message::Headers>,
+}
+
+/// Replaces a trash entry's payload and/or headers, keeps the old ones in the audit trail, and
+/// approves it.
+async fn trash_edit<S: Store>(
+    State(engine): State<Engine<S>>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let id = message_id(&id)?;
+    let edit: Edit = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("the edit must be JSON like {{\"payload\": {{...}}, \"headers\": {{\"name\": \"value\"}}}}: {e}"),
+        )
+    })?;
+    if edit.payload.is_none() && edit.headers.is_none() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "give `payload` and/or `headers` to change",
+        ));
+    }
+    if !engine
+        .store()
+        .edit_trash(id, edit.payload, edit.headers, "operator (API)")
+        .await?
+    {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("message {id} is not in the trash"),
+        ));
+    }
+    Ok(Json(json!({ "message_id": id, "action": "edit" })))
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Bulk {
+    action: mend_store::TrashAction,
+    #[serde(default)]
+    filter: mend_store::TrashFilter,
+}
+
+async fn trash_bulk<S: Store>(
+    State(engine): State<Engine<S>>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let bulk: Bulk = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("the body must be JSON like {{\"action\": \"approve\", \"filter\": {{\"topology\": \"products\"}}}}: {e}"),
+        )
+    })?;
+    let count = engine
+        .store()
+        .bulk_trash(bulk.filter, bulk.action, "operator (API, bulk)")
+        .await?;
+    Ok(Json(json!({ "count": count })))
+}
+
+async fn drop_key<S: Store>(
+    State(engine): State<Engine<S>>,
+    Path(key): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let count = engine.store().drop_key(&key, "operator (API)").await?;
+    Ok(Json(json!({ "key": key, "count": count })))
 }
 
 /// A process report as JSON, with its duration.

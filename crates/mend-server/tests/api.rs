@@ -38,6 +38,10 @@ impl Drop for Api {
 }
 
 async fn api() -> Api {
+    api_with(None).await
+}
+
+async fn api_with(api_token: Option<&str>) -> Api {
     let dir = tempfile::tempdir().unwrap();
     let catalog = load_sources(vec![(PathBuf::from("echo.yaml"), TOPOLOGY.to_owned())]).unwrap();
     let store = SqliteStore::open(&dir.path().join("mend.db")).unwrap();
@@ -52,9 +56,14 @@ async fn api() -> Api {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let t = token.clone();
-    tokio::spawn(mend_server::serve(listener, engine, async move {
-        t.cancelled().await
-    }));
+    tokio::spawn(mend_server::serve(
+        listener,
+        engine,
+        mend_server::ServerConfig {
+            api_token: api_token.map(str::to_owned),
+        },
+        async move { t.cancelled().await },
+    ));
     Api {
         base,
         client: reqwest::Client::new(),
@@ -302,4 +311,159 @@ async fn trash_entries_are_listed_shown_approved_and_rejected() {
     );
     let (status, _) = api.post(&format!("/api/trash/{mid}/reject"), "").await;
     assert_eq!(status, 404, "a rejected entry is no longer in the trash");
+}
+
+#[tokio::test]
+async fn with_a_token_every_api_route_needs_it_but_health_does_not() {
+    let api = api_with(Some("s3cret")).await;
+    for path in [
+        "/api/topologies",
+        "/api/processes",
+        "/api/trash",
+        "/api/parked",
+        "/api/status",
+        "/api/limiter",
+        "/api/heatmap",
+    ] {
+        let (status, body) = api.get(path).await;
+        assert_eq!(status, 401, "{path}: {body}");
+        assert!(
+            body["error"].as_str().unwrap().contains("Bearer"),
+            "{path}: {body}"
+        );
+    }
+    let (status, _) = api
+        .send(
+            reqwest::Method::GET,
+            "/api/topologies",
+            None,
+            &[("authorization", "Bearer nope")],
+        )
+        .await;
+    assert_eq!(status, 401);
+    let (status, list) = api
+        .send(
+            reqwest::Method::GET,
+            "/api/topologies",
+            None,
+            &[("authorization", "Bearer s3cret")],
+        )
+        .await;
+    assert_eq!((status, list[0]["name"].as_str()), (200, Some("echo")));
+    let (status, _) = api.post("/api/topologies/echo/events/run", "{}").await;
+    assert_eq!(status, 401, "starting an event needs the token too");
+    let (status, _) = api.get("/health").await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn operator_views_answer_with_their_shapes() {
+    let api = api().await;
+    let (status, body) = api
+        .post("/api/topologies/echo/events/run", r#"{"n": 1}"#)
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let id = body["process_id"].as_str().unwrap().to_owned();
+    api.wait_done(&id).await;
+    let (status, list) = api.get("/api/processes?topology=echo&state=done").await;
+    assert_eq!(status, 200, "{list}");
+    assert_eq!(list[0]["id"], id.as_str());
+    assert_eq!(list[0]["messages"]["done"], 1);
+    let (status, trace) = api.get(&format!("/api/processes/{id}/trace")).await;
+    assert_eq!(status, 200);
+    assert_eq!(trace["processes"].as_array().unwrap().len(), 1);
+    assert_eq!(trace["messages"][0]["node"], "shape");
+    let (status, _) = api
+        .get("/api/processes/01a23cd6-f1a0-70ef-8964-4ad14d216989/trace")
+        .await;
+    assert_eq!(status, 404);
+    let (status, s) = api.get("/api/status").await;
+    assert_eq!((status, s["processes"]["done"].as_u64()), (200, Some(1)));
+    let (status, heat) = api.get("/api/heatmap?window=1h").await;
+    assert_eq!(status, 200);
+    assert_eq!(heat["buckets"], 60);
+    let row = heat["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["node"] == "shape")
+        .unwrap();
+    assert_eq!(
+        row["counts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c.as_u64().unwrap())
+            .sum::<u64>(),
+        1
+    );
+    let (status, body) = api.get("/api/heatmap?window=2w").await;
+    assert_eq!(status, 400, "{body}");
+    let (status, limiter) = api.get("/api/limiter").await;
+    assert_eq!(
+        (status, limiter.as_array().map(Vec::len)),
+        (200, Some(0)),
+        "the echo topology calls no system"
+    );
+}
+
+#[tokio::test]
+async fn edit_and_bulk_actions_validate_their_input() {
+    let api = api().await;
+    for n in ["x", "y"] {
+        let (status, _) = api
+            .post(
+                "/api/topologies/echo/events/run",
+                &format!(r#"{{"n": "{n}"}}"#),
+            )
+            .await;
+        assert_eq!(status, 202);
+    }
+    let mut entries = Value::Null;
+    for _ in 0..500 {
+        let (_, list) = api.get("/api/trash?topology=echo").await;
+        if list.as_array().map(Vec::len) == Some(2) {
+            entries = list;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mid = entries[0]["message_id"]
+        .as_str()
+        .expect("two trash entries")
+        .to_owned();
+    let (status, body) = api
+        .post(&format!("/api/trash/{mid}/edit"), "{not json")
+        .await;
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = api.post(&format!("/api/trash/{mid}/edit"), "{}").await;
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = api
+        .post(
+            &format!("/api/trash/{mid}/edit"),
+            r#"{"payload": {"n": 41}}"#,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    // The edited message runs again and succeeds; the other one is still in the trash.
+    for _ in 0..500 {
+        let (_, list) = api.get("/api/trash?topology=echo").await;
+        if list.as_array().map(Vec::len) == Some(1) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (status, body) = api
+        .post("/api/trash/bulk", r#"{"action": "explode"}"#)
+        .await;
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = api
+        .post(
+            "/api/trash/bulk",
+            r#"{"action": "reject", "filter": {"topology": "echo"}}"#,
+        )
+        .await;
+    assert_eq!((status, body["count"].as_u64()), (200, Some(1)), "{body}");
+    let (_, list) = api.get("/api/trash").await;
+    assert_eq!(list, serde_json::json!([]));
 }

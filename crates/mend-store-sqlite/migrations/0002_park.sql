@@ -11,7 +11,7 @@ CREATE TABLE messages_v2 (
     topology     TEXT    NOT NULL,
     version      TEXT    NOT NULL,
     node         TEXT    NOT NULL,
-    state        TEXT    NOT NULL CHECK (state IN ('queued', 'running', 'retry', 'parked', 'done', 'filtered', 'trash', 'rejected')),
+    state        TEXT    NOT NULL CHECK (state IN ('queued', 'running', 'retry', 'limited', 'parked', 'done', 'filtered', 'trash', 'rejected')),
     payload      TEXT    NOT NULL,
     headers      TEXT    NOT NULL,
     context      TEXT    NOT NULL,
@@ -38,7 +38,8 @@ SELECT id, process_id, topology, version, node, state, payload, headers, context
 FROM messages;
 DROP TABLE messages;
 ALTER TABLE messages_v2 RENAME TO messages;
-CREATE INDEX messages_ready ON messages (topology, node, available_at) WHERE state IN ('queued', 'retry');
+-- `limited`: waiting for its system's capacity (rate, concurrency, a 429 pause).
+CREATE INDEX messages_ready ON messages (topology, node, available_at) WHERE state IN ('queued', 'retry', 'limited');
 CREATE INDEX messages_running ON messages (claimed_by, lease_until) WHERE state = 'running';
 CREATE INDEX messages_process ON messages (process_id, state);
 -- Release finds every message parked under a key; the sweep finds those past their deadline.

@@ -3,6 +3,6 @@
 -- `running` in one transaction, so no other worker can see them as ready in between.
 SELECT id, process_id, topology, version, node, payload, headers, context, attempt, parent_id, created_at
 FROM messages
-WHERE topology = ?1 AND node = ?2 AND state IN ('queued', 'retry') AND available_at <= ?3
+WHERE topology = ?1 AND node = ?2 AND state IN ('queued', 'retry', 'limited') AND available_at <= ?3
 ORDER BY available_at, id
 LIMIT ?4

@@ -4,6 +4,7 @@
 //! writer thread that groups many steps into one transaction (see `writer`); reads use a
 //! small pool of read-only connections, which WAL lets run beside the writer.
 
+mod ops;
 mod park;
 mod trash;
 mod writer;
@@ -16,9 +17,10 @@ use indexmap::IndexMap;
 use mend_core::ids::{MessageId, ProcessId};
 use mend_core::message::Message;
 use mend_store::{
-    Applied, ClaimRequest, Completion, Disposition, MessageCounts, MessageStore, NewMessage,
-    NewProcess, ParkStore, ParkedKey, ProcessReport, ProcessState, ProcessStore, Release, Released,
-    Result, ScheduleStore, StoreError, TopologyStore, TrashAction, TrashDetail, TrashEntry,
+    Applied, ClaimRequest, Completion, Disposition, Heatmap, MessageCounts, MessageStore,
+    NewMessage, NewProcess, OpsStore, ParkStore, ParkedKey, ProcessFilter, ProcessReport,
+    ProcessState, ProcessStore, ProcessSummary, Release, Released, Result, ScheduleStore,
+    StoreError, StoreStatus, TopologyStore, Trace, TrashAction, TrashDetail, TrashEntry,
     TrashFilter, TrashStore,
 };
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
@@ -29,6 +31,7 @@ use crate::writer::Writer;
 const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0001_init.sql"),
     include_str!("../migrations/0002_park.sql"),
+    include_str!("../migrations/0003_operator.sql"),
 ];
 
 /// How the store trades durability for speed.
@@ -336,6 +339,7 @@ fn complete(conn: &Connection, c: &Completion) -> Result<Applied> {
         Disposition::Trash => ("trash", 1, c.now),
         Disposition::Retry { at } => ("retry", 1, at),
         Disposition::Parked => ("parked", 0, c.now),
+        Disposition::Limited { at } => ("limited", 0, at),
     };
     if disposition != Disposition::Parked {
         let changed = conn
@@ -389,7 +393,16 @@ fn complete(conn: &Connection, c: &Completion) -> Result<Applied> {
     )
     .and_then(|mut st| st.execute(params![c.process_id.to_string(), c.topology, c.node, outcome]))
     .map_err(backend)?;
-    let ended = !matches!(disposition, Disposition::Retry { .. } | Disposition::Parked);
+    conn.prepare_cached(
+        "INSERT INTO node_minutes (minute, topology, node, outcome, count) VALUES (?1, ?2, ?3, ?4, 1)
+         ON CONFLICT (minute, topology, node, outcome) DO UPDATE SET count = count + 1",
+    )
+    .and_then(|mut st| st.execute(params![c.now / 60_000, c.topology, c.node, outcome]))
+    .map_err(backend)?;
+    let ended = !matches!(
+        disposition,
+        Disposition::Retry { .. } | Disposition::Parked | Disposition::Limited { .. }
+    );
     let flag = |d: Disposition| i64::from(disposition == d);
     conn.prepare_cached(include_str!("../queries/process_counts.sql"))
         .and_then(|mut st| {
@@ -600,7 +613,10 @@ impl MessageStore for SqliteStore {
     async fn complete(&self, completion: Completion) -> Result<Applied> {
         // Outputs, child processes, syncs opened by a park, and releases at a process's end all
         // make work; only a retry (due later) does not.
-        let wakes = !matches!(completion.disposition, Disposition::Retry { .. });
+        let wakes = !matches!(
+            completion.disposition,
+            Disposition::Retry { .. } | Disposition::Limited { .. }
+        );
         let applied = self
             .inner
             .writer
@@ -742,6 +758,29 @@ impl ParkStore for SqliteStore {
         .await
     }
 
+    async fn limited(&self) -> Result<Vec<mend_store::LimitedCount>> {
+        self.read(|conn| {
+            let mut st = conn
+                .prepare_cached(
+                    "SELECT topology, node, count(*), min(updated_at) FROM messages
+                     WHERE state = 'limited' GROUP BY topology, node ORDER BY 3 DESC",
+                )
+                .map_err(backend)?;
+            st.query_map([], |r| {
+                Ok(mend_store::LimitedCount {
+                    topology: r.get(0)?,
+                    node: r.get(1)?,
+                    count: count(r, 2)?,
+                    oldest: r.get(3)?,
+                })
+            })
+            .map_err(backend)?
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(backend)
+        })
+        .await
+    }
+
     async fn cache_get(&self, cache: &str, key: &str, now: i64) -> Result<Option<bool>> {
         let (cache, key) = (cache.to_owned(), key.to_owned());
         self.read(move |conn| {
@@ -773,6 +812,92 @@ impl TrashStore for SqliteStore {
             .await?;
         self.inner.work.notify_one();
         Ok(done)
+    }
+}
+
+impl OpsStore for SqliteStore {
+    async fn list_processes(&self, filter: ProcessFilter) -> Result<Vec<ProcessSummary>> {
+        self.read(move |conn| ops::list_processes(conn, &filter))
+            .await
+    }
+
+    async fn trace(&self, id: ProcessId) -> Result<Option<Trace>> {
+        self.read(move |conn| ops::trace(conn, id)).await
+    }
+
+    async fn status(&self) -> Result<StoreStatus> {
+        self.read(ops::status).await
+    }
+
+    async fn heatmap(&self, bucket_ms: i64, buckets: usize, now: i64) -> Result<Heatmap> {
+        self.read(move |conn| ops::heatmap(conn, bucket_ms, buckets, now))
+            .await
+    }
+
+    async fn purge_heatmap(&self, before: i64) -> Result<u64> {
+        self.inner
+            .writer
+            .exec(move |conn| {
+                conn.execute(
+                    "DELETE FROM node_minutes WHERE minute < ?1",
+                    params![before / 60_000],
+                )
+                .map(|n| n as u64)
+                .map_err(backend)
+            })
+            .await
+    }
+
+    async fn edit_trash(
+        &self,
+        id: MessageId,
+        payload: Option<serde_json::Value>,
+        headers: Option<mend_core::message::Headers>,
+        actor: &str,
+    ) -> Result<bool> {
+        let actor = actor.to_owned();
+        let done = self
+            .inner
+            .writer
+            .exec(move |conn| {
+                ops::edit_trash(
+                    conn,
+                    id,
+                    payload.as_ref(),
+                    headers.as_ref(),
+                    &actor,
+                    mend_core::clock::now_ms(),
+                )
+            })
+            .await?;
+        self.inner.work.notify_one();
+        Ok(done)
+    }
+
+    async fn bulk_trash(
+        &self,
+        filter: TrashFilter,
+        action: TrashAction,
+        actor: &str,
+    ) -> Result<u64> {
+        let actor = actor.to_owned();
+        let n = self
+            .inner
+            .writer
+            .exec(move |conn| {
+                ops::bulk_trash(conn, &filter, &action, &actor, mend_core::clock::now_ms())
+            })
+            .await?;
+        self.inner.work.notify_one();
+        Ok(n)
+    }
+
+    async fn drop_key(&self, key: &str, actor: &str) -> Result<u64> {
+        let (key, actor) = (key.to_owned(), actor.to_owned());
+        self.inner
+            .writer
+            .exec(move |conn| ops::drop_key(conn, &key, &actor, mend_core::clock::now_ms()))
+            .await
     }
 }
 

@@ -98,6 +98,8 @@ pub enum Disposition {
     Trash,
     /// Waits under `Completion::park`'s key.
     Parked,
+    /// Its system had no capacity: wait until `at` (Unix ms), visibly, without an attempt.
+    Limited { at: i64 },
 }
 
 /// Parks the input message under a key (with `Disposition::Parked`).
@@ -149,6 +151,16 @@ pub struct Released {
     pub resumed: u64,
     /// Whether a sync was marked in flight for the key.
     pub was_pending: bool,
+}
+
+/// Messages of one node waiting in the `limited` state.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LimitedCount {
+    pub topology: String,
+    pub node: String,
+    pub count: u64,
+    /// When the oldest of them started waiting (Unix ms).
+    pub oldest: i64,
 }
 
 /// A key with parked messages or a sync in flight, for operators.
@@ -304,6 +316,8 @@ pub trait ParkStore {
     /// Whether a sync is in flight for `key`.
     fn key_pending(&self, key: &str) -> impl Future<Output = Result<bool>> + Send;
     fn parked_keys(&self) -> impl Future<Output = Result<Vec<ParkedKey>>> + Send;
+    /// Messages waiting for their system's capacity, per topology and node.
+    fn limited(&self) -> impl Future<Output = Result<Vec<LimitedCount>>> + Send;
     /// The store tier's answer for `key`, if fresh at `now`.
     fn cache_get(
         &self,
@@ -367,6 +381,117 @@ pub trait TrashStore {
     ) -> impl Future<Output = Result<bool>> + Send;
 }
 
+/// A process in a list.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ProcessSummary {
+    pub id: ProcessId,
+    pub topology: String,
+    pub event: String,
+    pub state: ProcessState,
+    pub parent_process_id: Option<ProcessId>,
+    pub created_at: i64,
+    pub finished_at: Option<i64>,
+    pub messages: MessageCounts,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+pub struct ProcessFilter {
+    pub topology: Option<String>,
+    pub state: Option<ProcessState>,
+    pub limit: Option<u32>,
+}
+
+/// One message on a process's timeline.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TraceMessage {
+    pub id: MessageId,
+    pub process_id: ProcessId,
+    pub topology: String,
+    pub node: String,
+    pub state: String,
+    pub outcome: Option<String>,
+    pub error: Option<String>,
+    pub parent_id: Option<MessageId>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// A process and every process it started (sends, prerequisite syncs), with their messages
+/// in time order.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Trace {
+    pub processes: Vec<ProcessSummary>,
+    pub messages: Vec<TraceMessage>,
+}
+
+/// Counts across the whole store.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct StoreStatus {
+    pub processes_running: u64,
+    pub processes_done: u64,
+    pub queued: u64,
+    pub running: u64,
+    pub retry: u64,
+    pub limited: u64,
+    pub parked: u64,
+    pub trash: u64,
+}
+
+/// Outcome counts per topology × node × outcome over time buckets.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Heatmap {
+    pub bucket_ms: i64,
+    /// Start of the first bucket (Unix ms).
+    pub start: i64,
+    pub buckets: usize,
+    pub rows: Vec<HeatRow>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HeatRow {
+    pub topology: String,
+    pub node: String,
+    pub outcome: String,
+    pub counts: Vec<u64>,
+}
+
+/// Reads and actions for operators.
+pub trait OpsStore {
+    fn list_processes(
+        &self,
+        filter: ProcessFilter,
+    ) -> impl Future<Output = Result<Vec<ProcessSummary>>> + Send;
+    fn trace(&self, id: ProcessId) -> impl Future<Output = Result<Option<Trace>>> + Send;
+    fn status(&self) -> impl Future<Output = Result<StoreStatus>> + Send;
+    /// `buckets` buckets of `bucket_ms` (a multiple of a minute) ending now.
+    fn heatmap(
+        &self,
+        bucket_ms: i64,
+        buckets: usize,
+        now: i64,
+    ) -> impl Future<Output = Result<Heatmap>> + Send;
+    /// Deletes heatmap counts older than `before` (Unix ms).
+    fn purge_heatmap(&self, before: i64) -> impl Future<Output = Result<u64>> + Send;
+    /// Replaces a trash entry's payload and/or headers (the previous ones are kept in the audit
+    /// trail), then approves it. False when it is not in the trash.
+    fn edit_trash(
+        &self,
+        id: MessageId,
+        payload: Option<Value>,
+        headers: Option<Headers>,
+        actor: &str,
+    ) -> impl Future<Output = Result<bool>> + Send;
+    /// Applies `action` to every trash entry matching `filter`; returns how many.
+    fn bulk_trash(
+        &self,
+        filter: TrashFilter,
+        action: TrashAction,
+        actor: &str,
+    ) -> impl Future<Output = Result<u64>> + Send;
+    /// Sends every message parked under `key` to the trash; returns how many.
+    fn drop_key(&self, key: &str, actor: &str) -> impl Future<Output = Result<u64>> + Send;
+}
+
 pub trait ScheduleStore {
     /// Opens `process` for the cron slot unless some engine already fired that slot.
     /// Returns whether this call fired it.
@@ -386,6 +511,7 @@ pub trait Store:
     + MessageStore
     + ParkStore
     + TrashStore
+    + OpsStore
     + ScheduleStore
     + Clone
     + Send
@@ -400,6 +526,7 @@ impl<T> Store for T where
         + MessageStore
         + ParkStore
         + TrashStore
+        + OpsStore
         + ScheduleStore
         + Clone
         + Send
