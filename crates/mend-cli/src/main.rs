@@ -75,6 +75,16 @@ enum Command {
         #[command(subcommand)]
         command: TrashCommand,
     },
+    /// Counts across the store and the running processes.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Per system: its limits and the messages waiting for capacity.
+    Limiter {
+        #[arg(long)]
+        json: bool,
+    },
     /// Keys with parked messages or a sync in flight.
     Parked {
         #[arg(long)]
@@ -117,6 +127,17 @@ enum TrashCommand {
         id: MessageId,
         #[arg(long)]
         json: bool,
+    },
+    /// Change the payload (and/or headers), keep the old ones in the audit trail, then
+    /// approve. Without --data, opens $EDITOR on the payload.
+    Edit {
+        id: MessageId,
+        /// The new payload, as JSON.
+        #[arg(long)]
+        data: Option<String>,
+        /// The new headers, as a JSON object of strings.
+        #[arg(long)]
+        headers: Option<String>,
     },
     /// Re-run the message at the node where it failed, in its process, with fresh attempts.
     Approve { id: MessageId },
@@ -239,6 +260,8 @@ async fn dispatch(cli: Cli) -> Result<u8, Failure> {
         Command::Release { ref key, json } => release(&cli, key, json).await,
         Command::Parked { json } => parked(&cli, json).await,
         Command::Trash { ref command } => trash(&cli, command).await,
+        Command::Status { json } => status(&cli, json).await,
+        Command::Limiter { json } => limiter(&cli, json).await,
         Command::Graph {
             ref topology,
             ref format,
@@ -664,6 +687,38 @@ async fn trash(cli: &Cli, command: &TrashCommand) -> Result<u8, Failure> {
             }
             Ok(0)
         }
+        TrashCommand::Edit { id, data, headers } => {
+            use mend_store::OpsStore;
+            let entry = store
+                .trash_entry(*id)
+                .await
+                .map_err(runtime)?
+                .ok_or_else(|| usage(anyhow!("message {id} is not in the trash")))?;
+            let payload = match data {
+                Some(text) => Some(
+                    serde_json::from_str(text)
+                        .map_err(|e| usage(anyhow!("--data is not valid JSON: {e}")))?,
+                ),
+                None if headers.is_some() => None,
+                None => Some(edit_in_editor(&entry.payload)?),
+            };
+            let headers: Option<mend_core::message::Headers> = match headers {
+                Some(text) => Some(serde_json::from_str(text).map_err(|e| {
+                    usage(anyhow!("--headers must be a JSON object of strings: {e}"))
+                })?),
+                None => None,
+            };
+            if store
+                .edit_trash(*id, payload, headers, "operator (mend trash edit)")
+                .await
+                .map_err(runtime)?
+            {
+                println!("edited and approved {id}");
+                Ok(0)
+            } else {
+                Err(usage(anyhow!("message {id} is not in the trash")))
+            }
+        }
         TrashCommand::Approve { id } | TrashCommand::Reject { id } => {
             let action = if matches!(command, TrashCommand::Approve { .. }) {
                 TrashAction::Approve
@@ -687,6 +742,159 @@ async fn trash(cli: &Cli, command: &TrashCommand) -> Result<u8, Failure> {
             }
         }
     }
+}
+
+/// Opens $EDITOR (or vi) on the payload and reads it back, insisting on valid JSON.
+fn edit_in_editor(payload: &Value) -> Result<Value, Failure> {
+    let file = tempfile::Builder::new()
+        .suffix(".json")
+        .tempfile()
+        .context("cannot make a temporary file for the editor")
+        .map_err(runtime)?;
+    std::fs::write(
+        file.path(),
+        serde_json::to_string_pretty(payload).unwrap_or_default(),
+    )
+    .map_err(runtime)?;
+    let editor = std::env::var("EDITOR").unwrap_or_else(|_| "vi".into());
+    let status = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("{editor} \"$1\""))
+        .arg("editor")
+        .arg(file.path())
+        .status()
+        .with_context(|| format!("cannot start the editor `{editor}`"))
+        .map_err(runtime)?;
+    if !status.success() {
+        return Err(usage(anyhow!(
+            "the editor exited with {status}; nothing changed"
+        )));
+    }
+    let text = std::fs::read_to_string(file.path()).map_err(runtime)?;
+    serde_json::from_str(&text).map_err(|e| {
+        usage(anyhow!(
+            "the edited payload is not valid JSON ({e}); nothing changed"
+        ))
+    })
+}
+
+async fn status(cli: &Cli, json: bool) -> Result<u8, Failure> {
+    use mend_store::{OpsStore, ProcessFilter, ProcessState};
+    let store = open_store(cli)?;
+    let s = store.status().await.map_err(runtime)?;
+    let running = store
+        .list_processes(ProcessFilter {
+            state: Some(ProcessState::Running),
+            limit: Some(20),
+            ..Default::default()
+        })
+        .await
+        .map_err(runtime)?;
+    if json {
+        print_json(&serde_json::json!({ "status": s, "running": running }));
+        return Ok(0);
+    }
+    println!(
+        "processes  {} running, {} done",
+        s.processes_running, s.processes_done
+    );
+    println!(
+        "messages   {} queued, {} running, {} waiting to retry, {} limited, {} parked, {} in trash",
+        s.queued, s.running, s.retry, s.limited, s.parked, s.trash
+    );
+    for p in running {
+        let m = &p.messages;
+        println!(
+            "  {}  {}/{}  {}/{} finished, {} parked, {} in trash",
+            p.id,
+            p.topology,
+            p.event,
+            m.total - m.open,
+            m.total,
+            m.parked,
+            m.trash
+        );
+    }
+    Ok(0)
+}
+
+async fn limiter(cli: &Cli, json: bool) -> Result<u8, Failure> {
+    use mend_store::ParkStore;
+    let catalog = load(&cli.topologies)?;
+    let store = open_store(cli)?;
+    let waiting = store.limited().await.map_err(runtime)?;
+    let mut rows = Vec::new();
+    for t in catalog.topologies.values() {
+        for s in t.systems.values() {
+            let nodes: Vec<&String> = t
+                .nodes
+                .values()
+                .filter(|n| n.system() == Some(s.name.as_str()))
+                .map(|n| &n.name)
+                .collect();
+            let mine: Vec<&mend_store::LimitedCount> = waiting
+                .iter()
+                .filter(|w| w.topology == t.name && nodes.contains(&&w.node))
+                .collect();
+            rows.push(serde_json::json!({
+                "topology": t.name, "system": s.name, "rate": s.rate.map(|r| r.to_string()),
+                "burst": s.burst, "max_concurrent": s.max_concurrent,
+                "waiting": mine, "oldest_wait": mine.iter().map(|w| w.oldest).min(),
+            }));
+        }
+    }
+    if json {
+        print_json(&rows);
+        return Ok(0);
+    }
+    let now = mend_core::clock::now_ms();
+    for r in &rows {
+        let limit = match (r["rate"].as_str(), r["max_concurrent"].as_u64()) {
+            (None, None) => "no limit".to_owned(),
+            (rate, conc) => format!(
+                "{}{}",
+                rate.map(|x| format!(
+                    "rate {x} (burst {})",
+                    r["burst"]
+                        .as_u64()
+                        .map(|b| b.to_string())
+                        .unwrap_or("default".into())
+                ))
+                .unwrap_or_default(),
+                conc.map(|c| format!(" at most {c} at once"))
+                    .unwrap_or_default()
+            ),
+        };
+        let waits: Vec<String> = r["waiting"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|w| {
+                format!(
+                    "{} waiting at {}",
+                    w["count"],
+                    w["node"].as_str().unwrap_or("")
+                )
+            })
+            .collect();
+        let oldest = r["oldest_wait"]
+            .as_i64()
+            .map(|o| format!(", oldest {:.1}s", (now - o) as f64 / 1000.0))
+            .unwrap_or_default();
+        println!(
+            "{}/{}: {}; {}{}",
+            r["topology"].as_str().unwrap_or(""),
+            r["system"].as_str().unwrap_or(""),
+            limit.trim(),
+            if waits.is_empty() {
+                "nothing waiting".to_owned()
+            } else {
+                waits.join(", ")
+            },
+            oldest
+        );
+    }
+    Ok(0)
 }
 
 fn print_json<T: serde::Serialize>(value: &T) {

@@ -168,3 +168,61 @@ fn serve_refuses_a_public_address_without_authentication() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("refusing to listen on 0.0.0.0:0"));
 }
+
+#[test]
+fn trash_status_and_limiter_commands_work_on_the_store() {
+    let limited = BROKEN.replace(
+        "nodes:",
+        "systems:\n  nowhere: { url: \"http://127.0.0.1:9\", rate: 5/s, max_concurrent: 2 }\nnodes:",
+    );
+    let dir = setup(&[("broken.yaml", &limited)]);
+    let out = mend(dir.path()).args(["run", "broken"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let out = mend(dir.path())
+        .args(["trash", "list", "--json"])
+        .output()
+        .unwrap();
+    let list: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = list[0]["message_id"].as_str().unwrap().to_owned();
+    assert_eq!(list[0]["attempts"].as_array().unwrap().len(), 2);
+    let out = mend(dir.path())
+        .args(["trash", "edit", &id, "--data", "{not json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--data is not valid JSON"));
+    let out = mend(dir.path())
+        .args(["trash", "edit", &id, "--data", r#"{"fixed": true}"#])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = mend(dir.path())
+        .args(["status", "--json"])
+        .output()
+        .unwrap();
+    let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        status["status"]["trash"], 0,
+        "approved by the edit: {status}"
+    );
+    assert_eq!(
+        status["status"]["queued"], 1,
+        "waiting for an engine: {status}"
+    );
+    let out = mend(dir.path()).args(["limiter"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("broken/nowhere: rate 5/s") && text.contains("at most 2 at once"),
+        "{text}"
+    );
+    let out = mend(dir.path())
+        .args(["trash", "approve", &id])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "no longer in the trash");
+}

@@ -74,6 +74,8 @@ pub struct EngineConfig {
     pub default_timeout: Duration,
     /// Fire cron start events.
     pub cron: bool,
+    /// How long per-minute outcome counts (the heatmap) are kept.
+    pub heatmap_retention: Duration,
 }
 
 impl Default for EngineConfig {
@@ -90,6 +92,7 @@ impl Default for EngineConfig {
             shutdown_grace: Duration::from_secs(10),
             default_timeout: Duration::from_secs(30),
             cron: false,
+            heatmap_retention: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }
@@ -462,6 +465,7 @@ fn names<'a>(it: impl Iterator<Item = &'a String>) -> String {
 async fn lease_keeper<S: Store>(inner: Arc<Inner<S>>, stop: CancellationToken) {
     // Also the sweep of parked messages past their deadline: at least once a second.
     let every = (inner.config.lease / 3).clamp(Duration::from_millis(50), Duration::from_secs(1));
+    let mut last_purge = 0i64;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
@@ -478,6 +482,14 @@ async fn lease_keeper<S: Store>(inner: Arc<Inner<S>>, stop: CancellationToken) {
         }
         if let Err(e) = inner.store.recover_expired(now).await {
             tracing::error!(error = %e, "cannot recover expired leases");
+        }
+        // Once a minute, drop heatmap counts past their retention.
+        if now / 60_000 != last_purge / 60_000 {
+            last_purge = now;
+            let before = now - inner.config.heatmap_retention.as_millis() as i64;
+            if let Err(e) = inner.store.purge_heatmap(before).await {
+                tracing::error!(error = %e, "cannot purge old heatmap counts");
+            }
         }
         match inner.store.expire_parked(now).await {
             Ok(0) => {}

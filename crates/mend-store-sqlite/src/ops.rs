@@ -150,16 +150,21 @@ pub(crate) fn trace(conn: &Connection, id: ProcessId) -> Result<Option<Trace>> {
 }
 
 pub(crate) fn status(conn: &Connection) -> Result<StoreStatus> {
+    let now = mend_core::clock::now_ms();
     let one =
         |sql: &str| -> Result<u64> { conn.query_row(sql, [], |r| count(r, 0)).map_err(backend) };
+    let due = |sql: &str| -> Result<u64> {
+        conn.query_row(sql, params![now], |r| count(r, 0))
+            .map_err(backend)
+    };
     Ok(StoreStatus {
         processes_running: one("SELECT count(*) FROM processes WHERE state = 'running'")?,
         processes_done: one("SELECT count(*) FROM processes WHERE state = 'done'")?,
-        queued: one(
-            "SELECT count(*) FROM messages WHERE state IN ('queued', 'retry') AND available_at <= strftime('%s','now') * 1000",
+        queued: due(
+            "SELECT count(*) FROM messages WHERE state IN ('queued', 'retry') AND available_at <= ?1",
         )?,
-        retry: one(
-            "SELECT count(*) FROM messages WHERE state IN ('queued', 'retry') AND available_at > strftime('%s','now') * 1000",
+        retry: due(
+            "SELECT count(*) FROM messages WHERE state IN ('queued', 'retry') AND available_at > ?1",
         )?,
         running: one("SELECT count(*) FROM messages WHERE state = 'running'")?,
         limited: one("SELECT count(*) FROM messages WHERE state = 'limited'")?,
