@@ -355,19 +355,24 @@ impl<S: mend_store::Store> Inner<S> {
             };
         }
         let tier = self.caches.tier(&spec.cache);
+        // Every answer below that needs no request is a cache hit; a request is a miss.
+        let hit = |step: Step| {
+            crate::telemetry::cache(&spec.cache.name, true);
+            step
+        };
         if tier.positive.get(&key).await.is_some() {
-            return exists(false);
+            return hit(exists(false));
         }
         if let Some(neg) = &tier.negative
             && let Some(at) = neg.get(&key).await
         {
-            return missing(at);
+            return hit(missing(at));
         }
         if let Some(at) = self.caches.recent_missing.get(&key).await {
-            return missing(at);
+            return hit(missing(at));
         }
         match self.store.key_pending(&key).await {
-            Ok(true) => return missing(mend_core::clock::now_ms()),
+            Ok(true) => return hit(missing(mend_core::clock::now_ms())),
             Ok(false) => {}
             Err(e) => return Step::retry(format!("store: {e}"), None, None, None),
         }
@@ -375,9 +380,9 @@ impl<S: mend_store::Store> Inner<S> {
         match self.store.cache_get(&spec.cache.name, &key, now).await {
             Ok(Some(true)) => {
                 tier.positive.insert(key.clone(), true).await;
-                return exists(false);
+                return hit(exists(false));
             }
-            Ok(Some(false)) => return missing(now),
+            Ok(Some(false)) => return hit(missing(now)),
             Ok(None) => {}
             Err(e) => return Step::retry(format!("store: {e}"), None, None, None),
         }
@@ -390,6 +395,7 @@ impl<S: mend_store::Store> Inner<S> {
                 if let Some(at) = self.caches.recent_missing.get(&key).await {
                     return Err(CheckMiss::Missing { at });
                 }
+                crate::telemetry::cache(&spec.cache.name, false);
                 let answer = match self.request(topo, &spec.http, msg, &ctx, None).await {
                     Err(HttpFailure::Build(error)) => Err(CheckMiss::Fail {
                         error,
@@ -834,10 +840,11 @@ impl<S: mend_store::Store> Inner<S> {
             }
         };
         let sent_at = mend_core::clock::now_ms();
-        let mut resp = req
-            .send()
-            .await
-            .map_err(|e| HttpFailure::Transport(describe_transport(&e, &url)))?;
+        let started = std::time::Instant::now();
+        let system_label = spec.system.as_deref().unwrap_or("none");
+        let sent = req.send().await;
+        crate::telemetry::http(system_label, started.elapsed());
+        let mut resp = sent.map_err(|e| HttpFailure::Transport(describe_transport(&e, &url)))?;
         let status = resp.status().as_u16();
         let mut headers = mend_core::message::Headers::new();
         for (k, v) in resp.headers() {

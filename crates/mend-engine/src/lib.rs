@@ -10,6 +10,7 @@ mod cache;
 mod cron;
 mod exec;
 mod limiter;
+mod telemetry;
 
 pub use limiter::LimiterView;
 mod systems;
@@ -537,8 +538,10 @@ impl<S: Store> Inner<S> {
         };
         let completion = self.finish(topo.as_deref(), &msg, step, started);
         let (id, node, disposition) = (msg.id, msg.node.clone(), completion.disposition);
+        let outcome = completion.outcome.clone();
         match self.store.complete(completion).await {
             Ok(Applied::Applied) => {
+                telemetry::step(&msg.topology, &node, &outcome);
                 tracing::debug!(message = %id, node, ?disposition, "step committed");
             }
             Ok(Applied::LeaseLost) => {

@@ -16,6 +16,8 @@ use mend_engine::{Engine, StartError};
 use mend_store::Store;
 use serde_json::{Value, json};
 
+pub mod metrics;
+
 /// An error answer: status plus a sentence saying what was wrong.
 #[derive(Debug)]
 pub struct ApiError {
@@ -93,6 +95,7 @@ async fn require_token(
 }
 
 pub fn router<S: Store>(engine: Engine<S>, config: ServerConfig) -> Router {
+    metrics::handle();
     let config = std::sync::Arc::new(config);
     let api = Router::new()
         .route("/api/topologies", get(topologies::<S>))
@@ -114,6 +117,7 @@ pub fn router<S: Store>(engine: Engine<S>, config: ServerConfig) -> Router {
         .route("/api/trash/{id}/edit", post(trash_edit::<S>))
         .route("/api/trash/{id}/{action}", post(trash_act::<S>))
         .route("/api/keys/{key}/release", post(release::<S>))
+        .route("/metrics", get(metrics::scrape::<S>))
         .route_layer(axum::middleware::from_fn_with_state(config, require_token));
     Router::new()
         .route("/health", get(health))

@@ -467,3 +467,32 @@ async fn edit_and_bulk_actions_validate_their_input() {
     let (_, list) = api.get("/api/trash").await;
     assert_eq!(list, serde_json::json!([]));
 }
+
+#[tokio::test]
+async fn metrics_are_served_in_the_prometheus_format() {
+    let api = api().await;
+    let (status, body) = api
+        .post("/api/topologies/echo/events/run", r#"{"n": 1}"#)
+        .await;
+    assert_eq!(status, 202);
+    api.wait_done(body["process_id"].as_str().unwrap()).await;
+    let resp = api
+        .client
+        .get(format!("{}/metrics", api.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let text = String::from_utf8_lossy(&resp.bytes().await.unwrap()).into_owned();
+    assert!(
+        text.contains("# TYPE mend_queue_depth_messages gauge"),
+        "{text}"
+    );
+    assert!(text.contains("mend_trash_messages "), "{text}");
+    assert!(
+        text.lines().any(|l| l.starts_with("mend_messages_total{")
+            && l.contains("node=\"shape\"")
+            && l.contains("outcome=\"ok\"")),
+        "{text}"
+    );
+}
