@@ -740,3 +740,60 @@ nodes:
         "requests overlap without the limit"
     );
 }
+
+#[tokio::test]
+async fn identical_failures_beyond_the_flood_limit_are_counted_under_one_entry() {
+    use mend_store::{TrashAction, TrashFilter, TrashStore};
+    let (url, _) = server(|_, _| json_reply(400, json!({"error": "always"}))).await;
+    let topology = format!(
+        r#"
+name: flood
+events:
+  run: fan
+nodes:
+  fan:
+    split: {{ items: .items }}
+    next: call
+  call:
+    http: {{ post: "{url}/x" }}
+"#
+    );
+    let h = Harness::new(&[&topology], HashMap::new()).await;
+    let report = h
+        .run("flood", json!({"items": (0..60).collect::<Vec<_>>()}))
+        .await;
+    assert_eq!(
+        report.messages.trash, 60,
+        "every failure is kept and counted"
+    );
+    let shown = h
+        .engine
+        .store()
+        .list_trash(TrashFilter {
+            topology: Some("flood".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        shown.len(),
+        20,
+        "the first 20 identical failures are listed one by one"
+    );
+    let collapsed: u64 = shown.iter().map(|e| e.repeats).sum();
+    assert_eq!(collapsed, 40, "the rest are counted under the first");
+    let head = shown.iter().find(|e| e.repeats == 40).unwrap().message_id;
+    assert!(
+        h.engine
+            .store()
+            .act_on_trash(head, TrashAction::Reject, "test")
+            .await
+            .unwrap()
+    );
+    let report = h.wait(report.id).await;
+    assert_eq!(
+        (report.messages.trash, report.messages.rejected),
+        (19, 41),
+        "rejecting the entry rejects what it collapsed"
+    );
+}

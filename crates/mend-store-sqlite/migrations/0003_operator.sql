@@ -16,3 +16,8 @@ ALTER TABLE trash_actions ADD COLUMN previous TEXT;
 
 -- Listing processes newest first, by topology.
 CREATE INDEX processes_topology ON processes (topology, created_at);
+
+-- Flood guard: a failure identical to many recent ones (same process, node and error) is
+-- kept but collapsed under the first of them, so the trash view shows it once, with a count.
+ALTER TABLE messages ADD COLUMN flood_of TEXT;
+CREATE INDEX messages_flood ON messages (flood_of) WHERE flood_of IS NOT NULL;

@@ -4,6 +4,7 @@
 //! writer thread that groups many steps into one transaction (see `writer`); reads use a
 //! small pool of read-only connections, which WAL lets run beside the writer.
 
+mod flood;
 mod ops;
 mod park;
 mod trash;
@@ -416,6 +417,9 @@ fn complete(conn: &Connection, c: &Completion) -> Result<Applied> {
             ])
         })
         .map_err(backend)?;
+    if disposition == Disposition::Trash {
+        flood::guard(conn, &id, c.process_id, &c.node, error.as_deref(), c.now)?;
+    }
     let mut touched = vec![c.process_id];
     if let Some((keys, reason)) = cycle {
         // Everything waiting on a key of the cycle would wait forever: it ends with the reason.

@@ -44,7 +44,12 @@ type Row = (
 
 fn detail(conn: &Connection, row: Row) -> Result<TrashDetail> {
     let (id, process, topology, node, payload, headers, error, at) = row;
+    let repeats: i64 = conn
+        .prepare_cached("SELECT count(*) FROM messages WHERE flood_of = ?1 AND state = 'trash'")
+        .and_then(|mut st| st.query_row(params![id], |r| r.get(0)))
+        .map_err(backend)?;
     Ok(TrashDetail {
+        repeats: repeats.max(0) as u64,
         attempts: attempts(conn, &id)?,
         message_id: parse_id(&id)?,
         process_id: parse_id(&process)?,
@@ -75,7 +80,7 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
 pub(crate) fn list(conn: &Connection, f: &TrashFilter) -> Result<Vec<TrashDetail>> {
     let sql = format!(
         "SELECT {COLUMNS} FROM messages
-         WHERE state = 'trash'
+         WHERE state = 'trash' AND flood_of IS NULL
            AND (?1 IS NULL OR topology = ?1) AND (?2 IS NULL OR node = ?2)
            AND (?3 IS NULL OR process_id = ?3) AND (?4 IS NULL OR instr(error, ?4) > 0)
          ORDER BY updated_at DESC LIMIT ?5"
@@ -126,7 +131,8 @@ pub(crate) fn act(
     let (name, note) = match action {
         TrashAction::Approve => {
             conn.prepare_cached(
-                "UPDATE messages SET state = 'queued', attempt = 0, available_at = ?2, updated_at = ?2, error = NULL
+                "UPDATE messages SET state = 'queued', attempt = 0, available_at = ?2, updated_at = ?2, error = NULL,
+                        flood_of = NULL
                  WHERE id = ?1",
             )
             .and_then(|mut st| st.execute(params![mid, now]))
@@ -170,5 +176,16 @@ pub(crate) fn act(
     conn.prepare_cached("INSERT INTO trash_actions (message_id, action, at, actor, note) VALUES (?1, ?2, ?3, ?4, ?5)")
         .and_then(|mut st| st.execute(params![mid, name, now, actor, note]))
         .map_err(backend)?;
+    // What the flood guard collapsed under this entry follows it.
+    let followers: Vec<String> = conn
+        .prepare_cached("SELECT id FROM messages WHERE flood_of = ?1 AND state = 'trash'")
+        .and_then(|mut st| {
+            st.query_map(params![mid], |r| r.get(0))?
+                .collect::<rusqlite::Result<Vec<_>>>()
+        })
+        .map_err(backend)?;
+    for f in followers {
+        act(conn, parse_id(&f)?, action, actor, now)?;
+    }
     Ok(true)
 }

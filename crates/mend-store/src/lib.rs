@@ -339,6 +339,10 @@ pub struct TrashDetail {
     pub error: Option<String>,
     pub at: i64,
     pub attempts: Vec<Attempt>,
+    /// Identical failures (same process, node and error) collapsed under this entry by the
+    /// flood guard; approving or rejecting the entry does the same to them.
+    #[serde(default)]
+    pub repeats: u64,
 }
 
 /// Filter for listing the trash.
