@@ -123,7 +123,9 @@ fn limited(r: &ProcessReport) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_429_with_retry_after_pauses_the_system_and_everything_completes() {
     let (url, t) = target(true).await;
-    let (report, token, _dir) = run(&url, "max_concurrent: 4", 12).await;
+    // One request at a time, so the 429 is back before anything else is sent; requests
+    // already in flight when a 429 arrives cannot be called back.
+    let (report, token, _dir) = run(&url, "max_concurrent: 1", 12).await;
     token.cancel();
     assert_eq!(report.messages.trash, 0, "{report:#?}");
     assert_eq!(report.nodes["send"]["ok"], 12);
