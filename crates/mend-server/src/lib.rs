@@ -18,6 +18,47 @@ use serde_json::{Value, json};
 
 pub mod metrics;
 
+/// The body of every error answer.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// What was wrong, and what to do.
+    pub error: String,
+}
+
+/// The OpenAPI document of this API, generated from the handlers' annotations.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(title = "mend", description = "The HTTP API of mend serve: start events, processes, prerequisites, trash, limiter, heatmap."),
+    paths(
+        health, topologies, start_event, processes, process, trace, status, heatmap, limiter, parked,
+        release, drop_key, trash_list, trash_show, trash_edit, trash_act, trash_bulk, webhook
+    ),
+    components(schemas(ErrorBody)),
+    modifiers(&BearerAuth)
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+        openapi.security = Some(vec![utoipa::openapi::security::SecurityRequirement::new(
+            "bearer",
+            Vec::<String>::new(),
+        )]);
+    }
+}
+
+async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
+    Json(<ApiDoc as utoipa::OpenApi>::openapi())
+}
+
 /// An error answer: status plus a sentence saying what was wrong.
 #[derive(Debug)]
 pub struct ApiError {
@@ -121,6 +162,7 @@ pub fn router<S: Store>(engine: Engine<S>, config: ServerConfig) -> Router {
         .route_layer(axum::middleware::from_fn_with_state(config, require_token));
     Router::new()
         .route("/health", get(health))
+        .route("/api/openapi.json", get(openapi_json))
         .route("/hooks/{topology}/{event}", post(webhook::<S>))
         .merge(api)
         .fallback(|| async {
@@ -144,10 +186,12 @@ pub async fn serve<S: Store>(
         .await
 }
 
+#[utoipa::path(get, path = "/health", tag = "health", responses((status = 200, description = "The server is up")))]
 async fn health() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
+#[utoipa::path(get, path = "/api/topologies", tag = "topologies", responses((status = 200, description = "Loaded topologies with their events and nodes (edges, park resumes, detours)"), (status = 401, description = "API token missing or wrong", body = ErrorBody)))]
 async fn topologies<S: Store>(State(engine): State<Engine<S>>) -> Json<Value> {
     let list: Vec<Value> = engine
         .catalog()
@@ -195,6 +239,7 @@ fn message_headers(headers: &HeaderMap) -> Headers {
         .collect()
 }
 
+#[utoipa::path(post, path = "/api/topologies/{topology}/events/{event}", tag = "topologies", params(("topology" = String, Path), ("event" = String, Path)), request_body(content = Object, description = "The start message's payload (an empty body is {})"), responses((status = 202, description = "Process opened: {\"process_id\": ...}"), (status = 400, description = "The body is not JSON", body = ErrorBody), (status = 403, description = "A webhook event: use /hooks", body = ErrorBody), (status = 404, description = "Unknown topology or event", body = ErrorBody), (status = 401, description = "API token missing or wrong", body = ErrorBody)))]
 async fn start_event<S: Store>(
     State(engine): State<Engine<S>>,
     Path((topology, event)): Path<(String, String)>,
@@ -223,6 +268,7 @@ async fn start_event<S: Store>(
     Ok((StatusCode::ACCEPTED, Json(json!({ "process_id": id }))))
 }
 
+#[utoipa::path(get, path = "/api/processes/{id}", tag = "processes", params(("id" = String, Path, description = "Process id")), responses((status = 200, body = mend_store::ProcessReport), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 401, description = "API token missing or wrong", body = ErrorBody)))]
 async fn process<S: Store>(
     State(engine): State<Engine<S>>,
     Path(id): Path<String>,
@@ -241,12 +287,14 @@ async fn process<S: Store>(
     Ok(Json(report_json(&report)))
 }
 
+#[utoipa::path(get, path = "/api/parked", tag = "prerequisites", responses((status = 200, body = Vec<mend_store::ParkedKey>), (status = 401, description = "API token missing or wrong", body = ErrorBody)))]
 async fn parked<S: Store>(State(engine): State<Engine<S>>) -> Result<Json<Value>, ApiError> {
     let keys = engine.store().parked_keys().await?;
     Ok(Json(serde_json::to_value(keys).unwrap_or(Value::Null)))
 }
 
 /// Releases a key by hand: every message parked under it resumes.
+#[utoipa::path(post, path = "/api/keys/{key}/release", tag = "prerequisites", params(("key" = String, Path)), responses((status = 200, body = mend_store::Released), (status = 401, description = "API token missing or wrong", body = ErrorBody)))]
 async fn release<S: Store>(
     State(engine): State<Engine<S>>,
     Path(key): Path<String>,
@@ -258,6 +306,7 @@ async fn release<S: Store>(
     Ok(Json(serde_json::to_value(released).unwrap_or(Value::Null)))
 }
 
+#[utoipa::path(get, path = "/api/trash", tag = "trash", params(mend_store::TrashFilter), responses((status = 200, body = Vec<mend_store::TrashDetail>), (status = 401, description = "API token missing or wrong", body = ErrorBody)))]
 async fn trash_list<S: Store>(
     State(engine): State<Engine<S>>,
     axum::extract::Query(filter): axum::extract::Query<mend_store::TrashFilter>,
@@ -275,6 +324,7 @@ fn message_id(id: &str) -> Result<mend_core::ids::MessageId, ApiError> {
     })
 }
 
+#[utoipa::path(get, path = "/api/trash/{id}", tag = "trash", params(("id" = String, Path)), responses((status = 200, body = mend_store::TrashDetail), (status = 404, body = ErrorBody), (status = 401, description = "API token missing or wrong", body = ErrorBody)))]
 async fn trash_show<S: Store>(
     State(engine): State<Engine<S>>,
     Path(id): Path<String>,
@@ -289,6 +339,7 @@ async fn trash_show<S: Store>(
     Ok(Json(serde_json::to_value(entry).unwrap_or(Value::Null)))
 }
 
+#[utoipa::path(post, path = "/api/trash/{id}/{action}", tag = "trash", params(("id" = String, Path), ("action" = String, Path, description = "approve or reject")), responses((status = 200, description = "Done"), (status = 404, body = ErrorBody), (status = 401, description = "API token missing or wrong", body = ErrorBody)))]
 async fn trash_act<S: Store>(
     State(engine): State<Engine<S>>,
     Path((id, action)): Path<(String, String)>,
@@ -349,6 +400,7 @@ fn to_json<T: serde::Serialize>(value: &T) -> Json<Value> {
     Json(serde_json::to_value(value).unwrap_or(Value::Null))
 }
 
+#[utoipa::path(get, path = "/api/processes", tag = "processes", params(mend_store::ProcessFilter), responses((status = 200, body = Vec<mend_store::ProcessSummary>), (status = 401, description = "API token missing or wrong", body = ErrorBody)))]
 async fn processes<S: Store>(
     State(engine): State<Engine<S>>,
     axum::extract::Query(filter): axum::extract::Query<mend_store::ProcessFilter>,
@@ -356,6 +408,7 @@ async fn processes<S: Store>(
     Ok(to_json(&engine.store().list_processes(filter).await?))
 }
 
+#[utoipa::path(get, path = "/api/processes/{id}/trace", tag = "processes", params(("id" = String, Path)), responses((status = 200, body = mend_store::Trace), (status = 404, body = ErrorBody), (status = 401, description = "API token missing or wrong", body = ErrorBody)))]
 async fn trace<S: Store>(
     State(engine): State<Engine<S>>,
     Path(id): Path<String>,
@@ -374,6 +427,7 @@ async fn trace<S: Store>(
     Ok(to_json(&trace))
 }
 
+#[utoipa::path(get, path = "/api/status", tag = "operations", responses((status = 200, description = "Processes running/done and messages by state"), (status = 401, description = "API token missing or wrong", body = ErrorBody)))]
 async fn status<S: Store>(State(engine): State<Engine<S>>) -> Result<Json<Value>, ApiError> {
     let s = engine.store().status().await?;
     Ok(Json(json!({
@@ -390,6 +444,7 @@ struct Window {
     window: Option<String>,
 }
 
+#[utoipa::path(get, path = "/api/heatmap", tag = "operations", params(("window" = Option<String>, Query, description = "1h (default), 24h or 7d")), responses((status = 200, body = mend_store::Heatmap), (status = 400, body = ErrorBody), (status = 401, description = "API token missing or wrong", body = ErrorBody)))]
 async fn heatmap<S: Store>(
     State(engine): State<Engine<S>>,
     axum::extract::Query(w): axum::extract::Query<Window>,
@@ -413,19 +468,22 @@ async fn heatmap<S: Store>(
     Ok(to_json(&map))
 }
 
+#[utoipa::path(get, path = "/api/limiter", tag = "operations", responses((status = 200, description = "Per system: limits, in flight, pause, waiting messages by topology and node"), (status = 401, description = "API token missing or wrong", body = ErrorBody)))]
 async fn limiter<S: Store>(State(engine): State<Engine<S>>) -> Result<Json<Value>, ApiError> {
     Ok(Json(Value::Array(engine.limiter_view().await?)))
 }
 
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct Edit {
+    #[schema(value_type = Option<Object>)]
     payload: Option<Value>,
     headers: Option<mend_core::message::Headers>,
 }
 
 /// Replaces a trash entry's payload and/or headers, keeps the old ones in the audit trail, and
 /// approves it.
+#[utoipa::path(post, path = "/api/trash/{id}/edit", tag = "trash", params(("id" = String, Path)), request_body = Edit, responses((status = 200, description = "Edited and approved"), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 401, description = "API token missing or wrong", body = ErrorBody)))]
 async fn trash_edit<S: Store>(
     State(engine): State<Engine<S>>,
     Path(id): Path<String>,
@@ -457,7 +515,7 @@ async fn trash_edit<S: Store>(
     Ok(Json(json!({ "message_id": id, "action": "edit" })))
 }
 
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct Bulk {
     action: mend_store::TrashAction,
@@ -465,6 +523,7 @@ struct Bulk {
     filter: mend_store::TrashFilter,
 }
 
+#[utoipa::path(post, path = "/api/trash/bulk", tag = "trash", request_body = Bulk, responses((status = 200, description = "{\"count\": n}"), (status = 400, body = ErrorBody), (status = 401, description = "API token missing or wrong", body = ErrorBody)))]
 async fn trash_bulk<S: Store>(
     State(engine): State<Engine<S>>,
     body: Bytes,
@@ -482,6 +541,7 @@ async fn trash_bulk<S: Store>(
     Ok(Json(json!({ "count": count })))
 }
 
+#[utoipa::path(post, path = "/api/keys/{key}/drop", tag = "prerequisites", params(("key" = String, Path)), responses((status = 200, description = "{\"key\", \"count\"}: messages sent to the trash"), (status = 401, description = "API token missing or wrong", body = ErrorBody)))]
 async fn drop_key<S: Store>(
     State(engine): State<Engine<S>>,
     Path(key): Path<String>,
@@ -504,6 +564,7 @@ fn same_secret(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+#[utoipa::path(post, path = "/hooks/{topology}/{event}", tag = "topologies", params(("topology" = String, Path), ("event" = String, Path)), request_body(content = Object), responses((status = 202, description = "Process opened"), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, description = "Token not configured", body = ErrorBody)))]
 async fn webhook<S: Store>(
     State(engine): State<Engine<S>>,
     Path((topology, event)): Path<(String, String)>,

@@ -496,3 +496,46 @@ async fn metrics_are_served_in_the_prometheus_format() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn the_openapi_document_describes_every_route() {
+    let api = api_with(Some("s3cret")).await;
+    let (status, doc) = api.get("/api/openapi.json").await;
+    assert_eq!(status, 200, "the document is readable without the token");
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."), "{doc}");
+    for path in [
+        "/api/topologies/{topology}/events/{event}",
+        "/api/processes",
+        "/api/processes/{id}",
+        "/api/processes/{id}/trace",
+        "/api/trash",
+        "/api/trash/{id}/edit",
+        "/api/trash/bulk",
+        "/api/parked",
+        "/api/keys/{key}/release",
+        "/api/limiter",
+        "/api/heatmap",
+        "/hooks/{topology}/{event}",
+    ] {
+        assert!(
+            doc["paths"][path].is_object(),
+            "{path} is missing from the document"
+        );
+    }
+    for schema in [
+        "ProcessReport",
+        "TrashDetail",
+        "ErrorBody",
+        "ParkedKey",
+        "Heatmap",
+    ] {
+        assert!(
+            doc["components"]["schemas"][schema].is_object(),
+            "schema {schema} is missing"
+        );
+    }
+    assert_eq!(
+        doc["components"]["securitySchemes"]["bearer"]["scheme"],
+        "bearer"
+    );
+}

@@ -145,6 +145,7 @@ pub struct CacheWrite {
 
 /// What a release did.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Released {
     pub key: String,
     /// Messages moved back to their resume node.
@@ -155,6 +156,7 @@ pub struct Released {
 
 /// Messages of one node waiting in the `limited` state.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LimitedCount {
     pub topology: String,
     pub node: String,
@@ -165,6 +167,7 @@ pub struct LimitedCount {
 
 /// A key with parked messages or a sync in flight, for operators.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ParkedKey {
     pub key: String,
     pub parked: u64,
@@ -175,6 +178,7 @@ pub struct ParkedKey {
 
 /// One try of one node on one message, kept for the trash view and reports.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Attempt {
     pub attempt: u32,
     pub at: i64,
@@ -214,6 +218,7 @@ pub enum Applied {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum ProcessState {
     Running,
@@ -221,6 +226,7 @@ pub enum ProcessState {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MessageCounts {
     /// Every message the process created.
     pub total: u64,
@@ -238,6 +244,7 @@ pub struct MessageCounts {
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TrashEntry {
     pub message_id: MessageId,
     pub node: String,
@@ -247,6 +254,7 @@ pub struct TrashEntry {
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ProcessReport {
     pub id: ProcessId,
     pub topology: String,
@@ -329,11 +337,13 @@ pub trait ParkStore {
 
 /// One trash entry in full, for operators.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TrashDetail {
     pub message_id: MessageId,
     pub process_id: ProcessId,
     pub topology: String,
     pub node: String,
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub payload: Value,
     pub headers: Headers,
     pub error: Option<String>,
@@ -347,6 +357,7 @@ pub struct TrashDetail {
 
 /// Filter for listing the trash.
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema, utoipa::IntoParams))]
 pub struct TrashFilter {
     pub topology: Option<String>,
     pub node: Option<String>,
@@ -358,6 +369,7 @@ pub struct TrashFilter {
 
 /// What an operator did to a trash entry.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum TrashAction {
     /// Re-run at the failed node, in the same process, with fresh attempts.
@@ -387,6 +399,7 @@ pub trait TrashStore {
 
 /// A process in a list.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ProcessSummary {
     pub id: ProcessId,
     pub topology: String,
@@ -399,6 +412,7 @@ pub struct ProcessSummary {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::IntoParams))]
 pub struct ProcessFilter {
     pub topology: Option<String>,
     pub state: Option<ProcessState>,
@@ -407,6 +421,7 @@ pub struct ProcessFilter {
 
 /// One message on a process's timeline.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TraceMessage {
     pub id: MessageId,
     pub process_id: ProcessId,
@@ -423,6 +438,7 @@ pub struct TraceMessage {
 /// A process and every process it started (sends, prerequisite syncs), with their messages
 /// in time order.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Trace {
     pub processes: Vec<ProcessSummary>,
     pub messages: Vec<TraceMessage>,
@@ -430,6 +446,7 @@ pub struct Trace {
 
 /// Counts across the whole store.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct StoreStatus {
     pub processes_running: u64,
     pub processes_done: u64,
@@ -443,6 +460,7 @@ pub struct StoreStatus {
 
 /// Outcome counts per topology × node × outcome over time buckets.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Heatmap {
     pub bucket_ms: i64,
     /// Start of the first bucket (Unix ms).
@@ -452,6 +470,7 @@ pub struct Heatmap {
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct HeatRow {
     pub topology: String,
     pub node: String,
