@@ -17,6 +17,7 @@ use mend_store::Store;
 use serde_json::{Value, json};
 
 pub mod metrics;
+mod ui;
 
 /// The body of every error answer.
 #[derive(serde::Serialize, utoipa::ToSchema)]
@@ -165,6 +166,7 @@ pub fn router<S: Store>(engine: Engine<S>, config: ServerConfig) -> Router {
         .route("/api/openapi.json", get(openapi_json))
         .route("/hooks/{topology}/{event}", post(webhook::<S>))
         .merge(api)
+        .merge(ui::routes())
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,
