@@ -117,6 +117,9 @@ enum TrashCommand {
         /// Only entries whose error contains this text.
         #[arg(long)]
         error: Option<String>,
+        /// Only entries that failed within this long (e.g. 1h, 30m).
+        #[arg(long)]
+        since: Option<mend_core::duration::Dur>,
         #[arg(long, default_value_t = 50)]
         limit: u32,
         #[arg(long)]
@@ -615,6 +618,7 @@ async fn trash(cli: &Cli, command: &TrashCommand) -> Result<u8, Failure> {
             node,
             process,
             error,
+            since,
             limit,
             json,
         } => {
@@ -623,6 +627,8 @@ async fn trash(cli: &Cli, command: &TrashCommand) -> Result<u8, Failure> {
                 node: node.clone(),
                 process_id: *process,
                 error: error.clone(),
+                since: since.map(|d| mend_core::clock::now_ms() - d.as_millis()),
+                until: None,
                 limit: Some(*limit),
             };
             let entries = store.list_trash(filter).await.map_err(runtime)?;

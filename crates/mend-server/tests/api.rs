@@ -316,20 +316,34 @@ async fn trash_entries_are_listed_shown_approved_and_rejected() {
 #[tokio::test]
 async fn with_a_token_every_api_route_needs_it_but_health_does_not() {
     let api = api_with(Some("s3cret")).await;
-    for path in [
-        "/api/topologies",
-        "/api/processes",
-        "/api/trash",
-        "/api/parked",
-        "/api/status",
-        "/api/limiter",
-        "/api/heatmap",
-    ] {
-        let (status, body) = api.get(path).await;
-        assert_eq!(status, 401, "{path}: {body}");
+    let id = "01a23cd6-f1a0-70ef-8964-4ad14d216989";
+    let routes = [
+        ("GET", "/api/topologies".to_owned()),
+        ("POST", "/api/topologies/echo/events/run".to_owned()),
+        ("GET", "/api/processes".to_owned()),
+        ("GET", format!("/api/processes/{id}")),
+        ("GET", format!("/api/processes/{id}/trace")),
+        ("GET", "/api/status".to_owned()),
+        ("GET", "/api/heatmap".to_owned()),
+        ("GET", "/api/limiter".to_owned()),
+        ("GET", "/api/parked".to_owned()),
+        ("POST", "/api/keys/k:1/release".to_owned()),
+        ("POST", "/api/keys/k:1/drop".to_owned()),
+        ("GET", "/api/trash".to_owned()),
+        ("GET", format!("/api/trash/{id}")),
+        ("POST", format!("/api/trash/{id}/edit")),
+        ("POST", format!("/api/trash/{id}/approve")),
+        ("POST", format!("/api/trash/{id}/reject")),
+        ("POST", "/api/trash/bulk".to_owned()),
+        ("GET", "/metrics".to_owned()),
+    ];
+    for (method, path) in &routes {
+        let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let (status, body) = api.send(m, path, Some("{}"), &[]).await;
+        assert_eq!(status, 401, "{method} {path}: {body}");
         assert!(
             body["error"].as_str().unwrap().contains("Bearer"),
-            "{path}: {body}"
+            "{method} {path}: {body}"
         );
     }
     let (status, _) = api
@@ -538,4 +552,55 @@ async fn the_openapi_document_describes_every_route() {
         doc["components"]["securitySchemes"]["bearer"]["scheme"],
         "bearer"
     );
+}
+
+#[tokio::test]
+async fn bulk_approve_by_filter_reruns_every_matching_entry() {
+    let api = api().await;
+    let mut ids = Vec::new();
+    for n in ["a", "b", "c"] {
+        let (_, body) = api
+            .post(
+                "/api/topologies/echo/events/run",
+                &format!(r#"{{"n": "{n}"}}"#),
+            )
+            .await;
+        ids.push(body["process_id"].as_str().unwrap().to_owned());
+    }
+    for id in &ids {
+        api.wait_done(id).await;
+    }
+    let now = mend_core::clock::now_ms();
+    let (_, list) = api
+        .get(&format!("/api/trash?topology=echo&since={}", now - 60_000))
+        .await;
+    assert_eq!(list.as_array().unwrap().len(), 3, "{list}");
+    let (_, none) = api
+        .get(&format!("/api/trash?topology=echo&until={}", now - 60_000))
+        .await;
+    assert_eq!(
+        none,
+        serde_json::json!([]),
+        "nothing failed more than a minute ago"
+    );
+    let (status, body) = api
+        .post(
+            "/api/trash/bulk",
+            r#"{"action": "approve", "filter": {"topology": "echo", "node": "shape"}}"#,
+        )
+        .await;
+    assert_eq!((status, body["count"].as_u64()), (200, Some(3)), "{body}");
+    // They run again (and fail again the same way): each process ran `shape` twice.
+    for id in &ids {
+        let mut report = Value::Null;
+        for _ in 0..500 {
+            let (_, r) = api.get(&format!("/api/processes/{id}")).await;
+            if r["state"] == "done" && r["nodes"]["shape"]["error"] == 2 {
+                report = r;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(report["messages"]["trash"], 1, "{report}");
+    }
 }

@@ -83,6 +83,7 @@ pub(crate) fn list(conn: &Connection, f: &TrashFilter) -> Result<Vec<TrashDetail
          WHERE state = 'trash' AND flood_of IS NULL
            AND (?1 IS NULL OR topology = ?1) AND (?2 IS NULL OR node = ?2)
            AND (?3 IS NULL OR process_id = ?3) AND (?4 IS NULL OR instr(error, ?4) > 0)
+           AND (?6 IS NULL OR updated_at >= ?6) AND (?7 IS NULL OR updated_at < ?7)
          ORDER BY updated_at DESC LIMIT ?5"
     );
     let mut st = conn.prepare_cached(&sql).map_err(backend)?;
@@ -93,7 +94,9 @@ pub(crate) fn list(conn: &Connection, f: &TrashFilter) -> Result<Vec<TrashDetail
                 f.node,
                 f.process_id.map(|p| p.to_string()),
                 f.error,
-                f.limit.unwrap_or(100).min(10_000)
+                f.limit.unwrap_or(100).min(10_000),
+                f.since,
+                f.until
             ],
             row,
         )

@@ -364,6 +364,10 @@ pub struct TrashFilter {
     pub process_id: Option<ProcessId>,
     /// Text the error contains.
     pub error: Option<String>,
+    /// Failed at or after this time (Unix ms).
+    pub since: Option<i64>,
+    /// Failed before this time (Unix ms).
+    pub until: Option<i64>,
     pub limit: Option<u32>,
 }
 
