@@ -167,6 +167,9 @@ struct RunArgs {
     /// Send the event to a running `mend serve` instead of working it here.
     #[arg(long)]
     server: Option<String>,
+    /// The server's API token (with --server).
+    #[arg(long, env = "MEND_API_TOKEN", hide_env_values = true)]
+    api_token: Option<String>,
     #[command(flatten)]
     engine: EngineArgs,
 }
@@ -415,10 +418,19 @@ impl Reports {
                     .send()
                     .await
                     .map_err(|e| runtime(anyhow!("lost the server at {base}: {e}")))?;
-                if resp.status() == reqwest::StatusCode::NOT_FOUND {
+                let status = resp.status();
+                if status == reqwest::StatusCode::NOT_FOUND {
                     return Ok(None);
                 }
                 let bytes = resp.bytes().await.map_err(runtime)?;
+                if !status.is_success() {
+                    let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+                    let msg = body
+                        .get("error")
+                        .and_then(Value::as_str)
+                        .unwrap_or("no message");
+                    return Err(runtime(anyhow!("the server answered {status}: {msg}")));
+                }
                 serde_json::from_slice(&bytes)
                     .map(Some)
                     .map_err(|e| runtime(anyhow!("unexpected report from the server: {e}")))
@@ -519,7 +531,20 @@ async fn run_remote(args: &RunArgs) -> Result<u8, Failure> {
         .unwrap_or_default()
         .trim_end_matches('/')
         .to_owned();
-    let client = reqwest::Client::new();
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(token) = args.api_token.as_deref().filter(|t| !t.is_empty()) {
+        let value =
+            reqwest::header::HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
+                usage(anyhow!(
+                    "the API token has characters a header cannot carry"
+                ))
+            })?;
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+    }
+    let client = reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .map_err(runtime)?;
     let url = format!(
         "{base}/api/topologies/{}/events/{}",
         args.topology, args.event
@@ -965,10 +990,23 @@ async fn serve(cli: &Cli, args: &ServeArgs) -> Result<u8, Failure> {
     let worker = {
         let engine = engine.clone();
         let token = token.clone();
-        tokio::spawn(async move { engine.run(token).await })
+        // If the engine stops on its own (it cannot reach the store), the server stops too:
+        // an API without an engine would accept work nobody does.
+        tokio::spawn(async move {
+            let result = engine.run(token.clone()).await;
+            token.cancel();
+            result
+        })
     };
     let config = mend_server::ServerConfig { api_token };
-    let served = mend_server::serve(listener, engine.clone(), config, shutdown_signal()).await;
+    let stop = token.clone();
+    let served = mend_server::serve(listener, engine.clone(), config, async move {
+        tokio::select! {
+            _ = shutdown_signal() => {}
+            _ = stop.cancelled() => {}
+        }
+    })
+    .await;
     token.cancel();
     let engine_result = worker.await;
     served.context("the HTTP server failed").map_err(runtime)?;

@@ -850,6 +850,14 @@ impl Checker {
                 concurrency: None,
                 origin: origin.clone(),
             });
+            if optimistic && (r.value.when.is_some() || r.value.check.is_some()) {
+                self.err(
+                    r.referenced,
+                    field.clone(),
+                    "optimistic mode pushes first and asks nothing before: remove `when` and `check`, or use `mode: check`",
+                );
+                continue;
+            }
             if optimistic {
                 let Some(miss) = &r.value.missing_response else {
                     self.err(r.referenced, format!("{field}.missing_response"), "optimistic mode needs `missing_response: { status, body_contains }`: how the target says the prerequisite is missing");

@@ -361,8 +361,10 @@ impl<S: Store> Engine<S> {
                 .collect();
             rotate = rotate.wrapping_add(1);
             if nodes.is_empty() {
+                // Nothing has room: wait for a step to finish, or for a pause (429) to end.
                 tokio::select! {
                     _ = inner.freed.notified() => {}
+                    _ = tokio::time::sleep(inner.config.poll) => {}
                     _ = shutdown.cancelled() => {}
                 }
                 continue;

@@ -634,3 +634,37 @@ async fn a_cache_set_to_invalidate_forgets_the_key_on_release() {
         1
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_message_takes_over_a_key_whose_sync_died() {
+    let (url, target) = target().await;
+    target.parents.lock().unwrap().insert(5, None);
+    target.broken.lock().unwrap().insert(5);
+    let [p, c] = topologies("10m");
+    let h = harness(&url, &[&p, &c], 4).await;
+    let (first, _sync_message) = parked_behind_failed_sync(&h).await;
+    // The cause goes away by itself; a new product of the same category arrives. It does not
+    // join the dead sync: it asks, parks and opens a new one, whose success releases everyone.
+    target.broken.lock().unwrap().clear();
+    let second = h
+        .engine
+        .start(
+            "products",
+            "run",
+            json!({"products": [{"id": 99, "category_id": 5}]}),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    let (a, b) = (h.wait(first).await, h.wait(second).await);
+    assert_eq!(
+        (a.messages.trash, b.messages.trash),
+        (0, 0),
+        "{a:#?} {b:#?}"
+    );
+    assert_eq!(target.products.lock().unwrap().len(), 5);
+    assert_eq!(
+        h.scalar("SELECT count(*) FROM processes WHERE topology = 'category-sync'"),
+        2
+    );
+}

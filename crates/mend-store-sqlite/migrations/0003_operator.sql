@@ -21,6 +21,3 @@ CREATE INDEX processes_topology ON processes (topology, created_at);
 -- kept but collapsed under the first of them, so the trash view shows it once, with a count.
 ALTER TABLE messages ADD COLUMN flood_of TEXT;
 CREATE INDEX messages_flood ON messages (flood_of) WHERE flood_of IS NOT NULL;
-
--- The trash view, newest first, without scanning every finished message.
-CREATE INDEX messages_trash ON messages (updated_at) WHERE state = 'trash';

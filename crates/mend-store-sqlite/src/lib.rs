@@ -33,6 +33,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0001_init.sql"),
     include_str!("../migrations/0002_park.sql"),
     include_str!("../migrations/0003_operator.sql"),
+    include_str!("../migrations/0004_indexes.sql"),
 ];
 
 /// How the store trades durability for speed.
@@ -85,6 +86,9 @@ impl SqliteStore {
         ))
         .map_err(backend)?;
         migrate(&conn)?;
+        // Fresh statistics for the query planner where they are stale (cheap when not).
+        conn.execute_batch("PRAGMA optimize = 0x10002;")
+            .map_err(backend)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 path: path.to_path_buf(),
@@ -453,7 +457,7 @@ fn finish_if_done(conn: &Connection, process: ProcessId, now: i64) -> Result<()>
         return Ok(());
     }
     let row: Option<(Option<String>, i64)> = conn
-        .prepare_cached("SELECT release_key, trash FROM processes WHERE id = ?1")
+        .prepare_cached("SELECT release_key, trash + rejected FROM processes WHERE id = ?1")
         .and_then(|mut st| {
             st.query_row(params![pid], |r| Ok((r.get(0)?, r.get(1)?)))
                 .optional()
@@ -725,9 +729,13 @@ impl ParkStore for SqliteStore {
     async fn key_pending(&self, key: &str) -> Result<bool> {
         let key = key.to_owned();
         self.read(move |conn| {
-            conn.prepare_cached("SELECT 1 FROM park_keys WHERE key = ?1")
-                .and_then(|mut st| st.exists(params![key]))
-                .map_err(backend)
+            // In flight: marked, and its sync (if any) still running.
+            conn.prepare_cached(
+                "SELECT 1 FROM park_keys k LEFT JOIN processes p ON p.id = k.sync_process_id
+                 WHERE k.key = ?1 AND (p.state IS NULL OR p.state = 'running')",
+            )
+            .and_then(|mut st| st.exists(params![key]))
+            .map_err(backend)
         })
         .await
     }
@@ -766,8 +774,9 @@ impl ParkStore for SqliteStore {
         self.read(|conn| {
             let mut st = conn
                 .prepare_cached(
-                    "SELECT topology, node, count(*), min(updated_at) FROM messages
-                     WHERE state = 'limited' GROUP BY topology, node ORDER BY 3 DESC",
+                    "SELECT topology, node, count(*), min(updated_at) FROM messages INDEXED BY messages_ready
+                     WHERE state IN ('queued', 'retry', 'limited') AND state = 'limited'
+                     GROUP BY topology, node ORDER BY 3 DESC",
                 )
                 .map_err(backend)?;
             st.query_map([], |r| {

@@ -150,6 +150,8 @@ pub(crate) fn trace(conn: &Connection, id: ProcessId) -> Result<Option<Trace>> {
 }
 
 pub(crate) fn status(conn: &Connection) -> Result<StoreStatus> {
+    // Each count names the partial index whose condition it repeats, so it reads only the
+    // live rows, however many finished ones the table holds.
     let now = mend_core::clock::now_ms();
     let one =
         |sql: &str| -> Result<u64> { conn.query_row(sql, [], |r| count(r, 0)).map_err(backend) };
@@ -157,19 +159,25 @@ pub(crate) fn status(conn: &Connection) -> Result<StoreStatus> {
         conn.query_row(sql, params![now], |r| count(r, 0))
             .map_err(backend)
     };
+    const READY: &str = "SELECT count(*) FROM messages INDEXED BY messages_ready
+                         WHERE state IN ('queued', 'retry', 'limited')";
     Ok(StoreStatus {
         processes_running: one("SELECT count(*) FROM processes WHERE state = 'running'")?,
         processes_done: one("SELECT count(*) FROM processes WHERE state = 'done'")?,
-        queued: due(
-            "SELECT count(*) FROM messages WHERE state IN ('queued', 'retry') AND available_at <= ?1",
+        queued: due(&format!(
+            "{READY} AND state <> 'limited' AND available_at <= ?1"
+        ))?,
+        retry: due(&format!(
+            "{READY} AND state <> 'limited' AND available_at > ?1"
+        ))?,
+        limited: one(&format!("{READY} AND state = 'limited'"))?,
+        running: one(
+            "SELECT count(*) FROM messages INDEXED BY messages_running WHERE state = 'running'",
         )?,
-        retry: due(
-            "SELECT count(*) FROM messages WHERE state IN ('queued', 'retry') AND available_at > ?1",
+        parked: one(
+            "SELECT count(*) FROM messages INDEXED BY messages_parked WHERE state = 'parked'",
         )?,
-        running: one("SELECT count(*) FROM messages WHERE state = 'running'")?,
-        limited: one("SELECT count(*) FROM messages WHERE state = 'limited'")?,
-        parked: one("SELECT count(*) FROM messages WHERE state = 'parked'")?,
-        trash: one("SELECT coalesce(sum(trash), 0) FROM processes")?,
+        trash: one("SELECT coalesce(sum(trash), 0) FROM processes WHERE trash > 0")?,
     })
 }
 

@@ -94,6 +94,14 @@ pub(crate) fn park(
         Some((c, t)) => (Some(c.as_str()), Some(*t)),
         None => (None, None),
     };
+    // A key whose sync already ended (in the trash) is not in flight any more: the next park
+    // takes the key over with a new sync; the old sync's trash entry stays for the operator.
+    conn.prepare_cached(
+        "DELETE FROM park_keys WHERE key = ?1
+           AND EXISTS (SELECT 1 FROM processes p WHERE p.id = park_keys.sync_process_id AND p.state = 'done')",
+    )
+    .and_then(|mut st| st.execute(params![park.key]))
+    .map_err(backend)?;
     let inserted = conn
         .prepare_cached(
             "INSERT INTO park_keys (key, sync_process_id, since, topology, node, cache, cache_ttl_ms)

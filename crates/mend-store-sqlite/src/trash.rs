@@ -165,6 +165,16 @@ pub(crate) fn act(
                 .and_then(|mut st| st.query_row(params![process], |r| r.get(0)))
                 .map_err(backend)?;
             let mut note = None;
+            // Only while the key still waits on this sync: a later park may have taken the
+            // key over with a new one, whose waiters are not this sync's to end.
+            let owner: Option<Option<String>> = match &key {
+                Some(k) => conn
+                    .prepare_cached("SELECT sync_process_id FROM park_keys WHERE key = ?1")
+                    .and_then(|mut st| st.query_row(params![k], |r| r.get(0)).optional())
+                    .map_err(backend)?,
+                None => None,
+            };
+            let key = key.filter(|_| matches!(&owner, Some(Some(p)) if *p == process));
             if let Some(key) = key {
                 let reason = format!("prerequisite {key} rejected");
                 for touched in park::trash_parked(conn, &key, &reason, now)? {

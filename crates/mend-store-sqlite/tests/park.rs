@@ -754,9 +754,12 @@ async fn d_a_sync_that_ends_in_the_trash_releases_nothing() {
     assert_eq!((report.messages.trash, report.messages.open), (1, 0));
     assert_eq!(report.trash[0].error.as_deref(), Some(error.as_str()));
     assert_eq!(release_row(path), None, "nothing released");
+    // Its waiters stay parked under the key (the row stays, for `mend parked`), but nothing
+    // is in flight any more: the next message that needs the key asks again and opens a new
+    // sync instead of joining a dead one.
     assert!(
-        store.key_pending(KEY).await.unwrap(),
-        "the key stays pending"
+        !store.key_pending(KEY).await.unwrap(),
+        "a key whose sync ended is not in flight"
     );
     assert_eq!(
         park_key_row(path).map(|r| r.0),
