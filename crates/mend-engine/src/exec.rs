@@ -209,7 +209,7 @@ impl<S: mend_store::Store> Inner<S> {
                             .map(|payload| Output {
                                 node: None,
                                 payload,
-                                context: Context::default(),
+                                context: carried(msg),
                             })
                             .collect(),
                     ),
@@ -602,7 +602,7 @@ impl<S: mend_store::Store> Inner<S> {
                 .map(|payload| Output {
                     node: None,
                     payload: payload.clone(),
-                    context: Context::default(),
+                    context: carried(msg),
                 })
                 .collect();
             outputs.extend(chunks.map(|chunk| Output {
@@ -691,7 +691,7 @@ impl<S: mend_store::Store> Inner<S> {
             .map(|payload| Output {
                 node: None,
                 payload,
-                context: Context::default(),
+                context: carried(msg),
             })
             .collect();
         if next_cursor.is_some() && pages >= spec.max_pages {
@@ -966,6 +966,15 @@ fn checked(msg: &Message, at: i64) -> Output {
     let mut out = same(msg);
     out.context.checked_at = Some(at);
     out
+}
+
+/// A fresh context that keeps when the message learned about its prerequisite, so a park
+/// further down still sees a release that happened in between.
+fn carried(msg: &Message) -> Context {
+    Context {
+        checked_at: msg.context.checked_at,
+        ..Context::default()
+    }
 }
 
 /// The message itself, passed on unchanged.

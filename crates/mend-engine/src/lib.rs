@@ -115,6 +115,8 @@ pub(crate) struct Inner<S: Store> {
     limits: Vec<(String, String, Arc<Semaphore>)>,
     global: Arc<Semaphore>,
     freed: Notify,
+    /// Messages this engine is working on now: the only leases it renews.
+    running: std::sync::Mutex<std::collections::HashSet<MessageId>>,
 }
 
 impl<S: Store> Engine<S> {
@@ -169,6 +171,7 @@ impl<S: Store> Engine<S> {
                 limits,
                 global: Arc::new(Semaphore::new(workers as usize)),
                 freed: Notify::new(),
+                running: Default::default(),
                 config,
             }),
         })
@@ -344,13 +347,21 @@ impl<S: Store> Engine<S> {
             // Every node with room asks for up to its room; the store stops at `budget` in
             // all. The starting node rotates so no node starves behind a busy one.
             let n = inner.limits.len();
+            // A system's room (in-flight cap, pause, rate) is shared by all the nodes that
+            // call it, within this round.
+            // Keyed by the limiter's address: one entry per system.
+            let mut system_room: std::collections::HashMap<usize, u32> =
+                std::collections::HashMap::new();
             let nodes: Vec<NodeCapacity> = (0..n)
                 .map(|i| &inner.limits[(i + rotate) % n])
                 .filter_map(|(t, node, sem)| {
                     let mut free = (sem.available_permits() as u32).min(budget);
-                    // A paused system or one at its in-flight cap takes no more now.
-                    if let Some(room) = inner.limiters.node(t, node).and_then(|l| l.room()) {
-                        free = free.min(room);
+                    if let Some(l) = inner.limiters.node(t, node) {
+                        let room = system_room
+                            .entry(Arc::as_ptr(l) as usize)
+                            .or_insert_with(|| l.room().unwrap_or(u32::MAX));
+                        free = free.min(*room);
+                        *room -= free;
                     }
                     (free > 0).then(|| NodeCapacity {
                         topology: t.clone(),
@@ -406,8 +417,11 @@ impl<S: Store> Engine<S> {
             for msg in claimed {
                 let permits = self.permits(&msg.topology, &msg.node);
                 let this = self.inner.clone();
+                this.running_set().insert(msg.id);
                 tracker.spawn(async move {
+                    let id = msg.id;
                     this.work(msg).await;
+                    this.running_set().remove(&id);
                     drop(permits);
                     this.freed.notify_one();
                 });
@@ -478,7 +492,7 @@ async fn lease_keeper<S: Store>(inner: Arc<Inner<S>>, stop: CancellationToken) {
         let until = now + inner.config.lease.as_millis() as i64;
         if let Err(e) = inner
             .store
-            .renew_leases(&inner.config.worker_id, until)
+            .renew_leases(&inner.config.worker_id, inner.running_ids(), until)
             .await
         {
             tracing::error!(error = %e, "cannot renew leases");
@@ -515,6 +529,17 @@ pub fn backoff(base: Duration, max: Duration, attempt: u32) -> Duration {
 }
 
 impl<S: Store> Inner<S> {
+    fn running_set(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<MessageId>> {
+        match self.running.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    fn running_ids(&self) -> Vec<MessageId> {
+        self.running_set().iter().copied().collect()
+    }
+
     async fn work(&self, msg: mend_core::message::Message) {
         let started = now_ms();
         let topo = self.catalog.get(&msg.topology).cloned();

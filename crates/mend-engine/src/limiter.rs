@@ -31,6 +31,8 @@ pub(crate) struct SystemLimit {
     gcra: Option<DefaultDirectRateLimiter>,
     slots: Option<Arc<Semaphore>>,
     paused_until: AtomicI64,
+    /// When the rate allows the next request (Unix ms), learned from the last refusal.
+    next_free: AtomicI64,
     in_flight: Arc<AtomicU64>,
 }
 
@@ -75,6 +77,7 @@ impl SystemLimit {
             gcra,
             slots: max_concurrent.map(|n| Arc::new(Semaphore::new(n.max(1) as usize))),
             paused_until: AtomicI64::new(0),
+            next_free: AtomicI64::new(0),
             in_flight: Arc::new(AtomicU64::new(0)),
         }
     }
@@ -98,7 +101,9 @@ impl SystemLimit {
             && let Err(not_until) = g.check()
         {
             let wait = not_until.wait_time_from(governor::clock::DefaultClock::default().now());
-            return Err(now + (wait.as_millis() as i64).max(1));
+            let at = now + (wait.as_millis() as i64).max(1);
+            self.next_free.fetch_max(at, Ordering::Relaxed);
+            return Err(at);
         }
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         Ok(InFlight {
@@ -114,7 +119,12 @@ impl SystemLimit {
 
     /// How many messages of a node using this system may be claimed now.
     pub(crate) fn room(&self) -> Option<u32> {
-        if self.paused_until.load(Ordering::Relaxed) > now_ms() {
+        let now = now_ms();
+        // Paused by a 429, or the rate refused a request until later: claim nothing now,
+        // rather than claim messages that would only go back to wait.
+        if self.paused_until.load(Ordering::Relaxed) > now
+            || self.next_free.load(Ordering::Relaxed) > now
+        {
             return Some(0);
         }
         self.slots.as_ref().map(|s| s.available_permits() as u32)

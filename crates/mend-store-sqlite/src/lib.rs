@@ -636,14 +636,19 @@ impl MessageStore for SqliteStore {
         Ok(applied)
     }
 
-    async fn renew_leases(&self, worker: &str, until: i64) -> Result<u64> {
+    async fn renew_leases(&self, worker: &str, ids: Vec<MessageId>, until: i64) -> Result<u64> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
         let worker = worker.to_owned();
+        let ids = serde_json::to_string(&ids).map_err(corrupt)?;
         self.inner
             .writer
             .exec(move |conn| {
                 conn.execute(
-                    "UPDATE messages SET lease_until = ?2 WHERE claimed_by = ?1 AND state = 'running'",
-                    params![worker, until],
+                    "UPDATE messages SET lease_until = ?2
+                     WHERE id IN (SELECT value FROM json_each(?3)) AND claimed_by = ?1 AND state = 'running'",
+                    params![worker, until, ids],
                 )
                 .map(|n| n as u64)
                 .map_err(backend)

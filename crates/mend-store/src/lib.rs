@@ -305,8 +305,15 @@ pub trait MessageStore {
     /// `lease_until`, and returns them. No two workers ever hold the same message.
     fn claim(&self, request: ClaimRequest) -> impl Future<Output = Result<Vec<Message>>> + Send;
     fn complete(&self, completion: Completion) -> impl Future<Output = Result<Applied>> + Send;
-    /// Extends the lease of every message `worker` holds.
-    fn renew_leases(&self, worker: &str, until: i64) -> impl Future<Output = Result<u64>> + Send;
+    /// Extends the leases of `ids` while `worker` still holds them. Only the steps actually
+    /// running are renewed: a message whose completion could not be written is not, so its
+    /// lease ends and another claim recovers it.
+    fn renew_leases(
+        &self,
+        worker: &str,
+        ids: Vec<MessageId>,
+        until: i64,
+    ) -> impl Future<Output = Result<u64>> + Send;
     /// Puts every message `worker` holds back in the queue (clean shutdown).
     fn release_claims(&self, worker: &str) -> impl Future<Output = Result<u64>> + Send;
     /// Puts messages whose lease ended before `now` back in the queue (their worker died).
