@@ -327,6 +327,22 @@ impl<S: Store> Engine<S> {
         }
         // Messages left `running` by an engine that died come back once their lease ends.
         inner.store.recover_expired(now_ms()).await?;
+        // Messages waiting at a node this catalog no longer has would wait forever: they go
+        // to the trash, where an operator sees why.
+        for t in inner.catalog.topologies.values() {
+            let nodes = t.nodes.keys().cloned().collect();
+            let n = inner
+                .store
+                .trash_unknown_nodes(&t.name, &t.version, nodes)
+                .await?;
+            if n > 0 {
+                tracing::warn!(
+                    topology = t.name,
+                    messages = n,
+                    "messages at nodes that no longer exist moved to the trash"
+                );
+            }
+        }
         let mut rotate = 0usize;
         let mut store_errors = 0u32;
         let workers = inner.config.workers.max(1);

@@ -797,3 +797,69 @@ nodes:
         "rejecting the entry rejects what it collapsed"
     );
 }
+
+#[tokio::test]
+async fn messages_at_a_node_that_no_longer_exists_go_to_the_trash_with_the_reason() {
+    use mend_core::ids::MessageId;
+    use mend_store::{NewMessage, NewProcess, ProcessStore};
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("m.db")).unwrap();
+    // A message left waiting at `old-name` by an earlier version of the topology.
+    let now = mend_core::clock::now_ms();
+    let id = ProcessId::new();
+    store
+        .start_process(NewProcess {
+            id,
+            topology: "renamed".into(),
+            version: "v1".into(),
+            event: "run".into(),
+            parent_process_id: None,
+            parent_message_id: None,
+            created_at: now,
+            release_key: None,
+            first: NewMessage {
+                id: MessageId::new(),
+                process_id: id,
+                topology: "renamed".into(),
+                version: "v1".into(),
+                node: "old-name".into(),
+                payload: json!({}),
+                headers: Default::default(),
+                context: Default::default(),
+                parent_id: None,
+                available_at: now,
+            },
+        })
+        .await
+        .unwrap();
+    let topology = "name: renamed\nevents: { run: new-name }\nnodes:\n  new-name: { map: \".\" }\n";
+    let catalog =
+        Arc::new(load_sources(vec![(PathBuf::from("renamed.yaml"), topology.to_owned())]).unwrap());
+    let engine = Engine::new(
+        store,
+        catalog,
+        EngineConfig {
+            poll: Duration::from_millis(20),
+            ..EngineConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    let token = CancellationToken::new();
+    let (runner, t) = (engine.clone(), token.clone());
+    tokio::spawn(async move { runner.run(t).await.unwrap() });
+    let report = tokio::time::timeout(
+        Duration::from_secs(30),
+        engine.wait_done(id, Duration::from_millis(20)),
+    )
+    .await
+    .expect("the process ends instead of waiting forever")
+    .unwrap();
+    token.cancel();
+    assert_eq!(report.messages.trash, 1);
+    let error = report.trash[0].error.clone().unwrap();
+    assert!(
+        error.contains("node `old-name` is not in topology `renamed`"),
+        "{error}"
+    );
+}

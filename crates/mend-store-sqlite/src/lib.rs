@@ -910,6 +910,27 @@ impl OpsStore for SqliteStore {
         Ok(n)
     }
 
+    async fn trash_unknown_nodes(
+        &self,
+        topology: &str,
+        version: &str,
+        nodes: Vec<String>,
+    ) -> Result<u64> {
+        let (topology, version) = (topology.to_owned(), version.to_owned());
+        self.inner
+            .writer
+            .exec(move |conn| {
+                ops::trash_unknown_nodes(
+                    conn,
+                    &topology,
+                    &version,
+                    &nodes,
+                    mend_core::clock::now_ms(),
+                )
+            })
+            .await
+    }
+
     async fn drop_key(&self, key: &str, actor: &str) -> Result<u64> {
         let (key, actor) = (key.to_owned(), actor.to_owned());
         self.inner

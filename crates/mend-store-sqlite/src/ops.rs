@@ -299,6 +299,46 @@ pub(crate) fn bulk_trash(
     Ok(n)
 }
 
+pub(crate) fn trash_unknown_nodes(
+    conn: &Connection,
+    topology: &str,
+    version: &str,
+    nodes: &[String],
+    now: i64,
+) -> Result<u64> {
+    let known = serde_json::to_string(nodes).map_err(corrupt)?;
+    let rows: Vec<(String, String, String, String)> = conn
+        .prepare_cached(
+            "SELECT id, process_id, state, coalesce(CASE WHEN state = 'parked' THEN resume_node END, node) FROM messages
+             WHERE topology = ?1
+               AND ((state IN ('queued', 'retry', 'limited') AND node NOT IN (SELECT value FROM json_each(?2)))
+                 OR (state = 'parked' AND resume_node NOT IN (SELECT value FROM json_each(?2))))",
+        )
+        .and_then(|mut st| {
+            st.query_map(params![topology, known], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+                .collect::<rusqlite::Result<Vec<_>>>()
+        })
+        .map_err(backend)?;
+    let n = rows.len() as u64;
+    for (id, pid, state, node) in rows {
+        let reason =
+            format!("node `{node}` is not in topology `{topology}` (version {version}) any more");
+        conn.prepare_cached(
+            "UPDATE messages SET state = 'trash', error = ?2, claimed_by = NULL, park_key = NULL, updated_at = ?3 WHERE id = ?1",
+        )
+        .and_then(|mut st| st.execute(params![id, reason, now]))
+        .map_err(backend)?;
+        let parked = i64::from(state == "parked");
+        conn.prepare_cached(
+            "UPDATE processes SET open = open - 1, trash = trash + 1, parked = parked - ?2 WHERE id = ?1",
+        )
+        .and_then(|mut st| st.execute(params![pid, parked]))
+        .map_err(backend)?;
+        finish_if_done(conn, parse_id(&pid)?, now)?;
+    }
+    Ok(n)
+}
+
 pub(crate) fn drop_key(conn: &Connection, key: &str, actor: &str, now: i64) -> Result<u64> {
     let reason = format!("dropped by {actor} while waiting for {key}");
     let before: i64 = conn

@@ -524,6 +524,14 @@ pub trait OpsStore {
     ) -> impl Future<Output = Result<u64>> + Send;
     /// Sends every message parked under `key` to the trash; returns how many.
     fn drop_key(&self, key: &str, actor: &str) -> impl Future<Output = Result<u64>> + Send;
+    /// Sends to the trash the waiting messages of `topology` whose node (or resume node) is not
+    /// in `nodes` any more, e.g. after a node was renamed; returns how many.
+    fn trash_unknown_nodes(
+        &self,
+        topology: &str,
+        version: &str,
+        nodes: Vec<String>,
+    ) -> impl Future<Output = Result<u64>> + Send;
 }
 
 pub trait ScheduleStore {
