@@ -24,6 +24,9 @@ pub struct Context {
     /// after this moment resumes it even if it parks later.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checked_at: Option<i64>,
+    /// The key's release count when "missing" came from "a sync is in flight" (no request).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seen_releases: Option<i64>,
 }
 
 /// An HTTP response as later nodes see it (`response.status`, `response.body`).

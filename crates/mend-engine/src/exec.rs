@@ -371,9 +371,15 @@ impl<S: mend_store::Store> Inner<S> {
         if let Some(at) = self.caches.recent_missing.get(&key).await {
             return hit(missing(at));
         }
-        match self.store.key_pending(&key).await {
-            Ok(true) => return hit(missing(mend_core::clock::now_ms())),
-            Ok(false) => {}
+        match self.store.key_state(&key).await {
+            Ok((true, releases)) => {
+                let mut step = hit(missing(mend_core::clock::now_ms()));
+                for out in &mut step.outputs {
+                    out.context.seen_releases = Some(releases);
+                }
+                return step;
+            }
+            Ok((false, _)) => {}
             Err(e) => return Step::retry(format!("store: {e}"), None, None, None),
         }
         let now = mend_core::clock::now_ms();
@@ -505,6 +511,7 @@ impl<S: mend_store::Store> Inner<S> {
             key,
             resume_node: spec.resume.clone(),
             checked_at: msg.context.checked_at.unwrap_or(msg.created_at),
+            seen_releases: msg.context.seen_releases,
             sync,
             cache_on_release: spec
                 .cache
@@ -556,6 +563,7 @@ impl<S: mend_store::Store> Inner<S> {
                             response: Some(reply.response),
                             cursor: None,
                             checked_at: Some(reply.sent_at),
+                            seen_releases: None,
                         },
                     }],
                 );
@@ -712,6 +720,7 @@ impl<S: mend_store::Store> Inner<S> {
                     response: None,
                     cursor: Some(c),
                     checked_at: None,
+                    seen_releases: None,
                 },
             });
         }
@@ -973,6 +982,7 @@ fn checked(msg: &Message, at: i64) -> Output {
 fn carried(msg: &Message) -> Context {
     Context {
         checked_at: msg.context.checked_at,
+        seen_releases: msg.context.seen_releases,
         ..Context::default()
     }
 }

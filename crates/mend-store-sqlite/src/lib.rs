@@ -745,6 +745,20 @@ impl ParkStore for SqliteStore {
         .await
     }
 
+    async fn key_state(&self, key: &str) -> Result<(bool, i64)> {
+        let key = key.to_owned();
+        self.read(move |conn| {
+            conn.prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM park_keys k LEFT JOIN processes p ON p.id = k.sync_process_id
+                                WHERE k.key = ?1 AND (p.state IS NULL OR p.state = 'running')),
+                        coalesce((SELECT count FROM releases WHERE key = ?1), 0)",
+            )
+            .and_then(|mut st| st.query_row(params![key], |r| Ok((r.get::<_, bool>(0)?, r.get::<_, i64>(1)?))))
+            .map_err(backend)
+        })
+        .await
+    }
+
     async fn parked_keys(&self) -> Result<Vec<ParkedKey>> {
         self.read(|conn| {
             let sql = include_str!("../queries/parked_keys.sql");

@@ -58,11 +58,17 @@ pub(crate) fn park(
         cycle.push(park.key.clone());
         return Ok(Parked::Cycle(cycle));
     }
-    let released_at: Option<i64> = conn
-        .prepare_cached("SELECT released_at FROM releases WHERE key = ?1")
-        .and_then(|mut st| st.query_row(params![park.key], |r| r.get(0)).optional())
+    let released: Option<(i64, i64)> = conn
+        .prepare_cached("SELECT released_at, count FROM releases WHERE key = ?1")
+        .and_then(|mut st| {
+            st.query_row(params![park.key], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()
+        })
         .map_err(backend)?;
-    if released_at.is_some_and(|at| at >= park.checked_at) {
+    let released_since_check = released.is_some_and(|(at, count)| {
+        at >= park.checked_at || park.seen_releases.is_some_and(|seen| count > seen)
+    });
+    if released_since_check {
         conn.prepare_cached(
             "UPDATE messages SET state = 'queued', node = ?2, available_at = ?3, updated_at = ?3,
                     claimed_by = NULL, lease_until = NULL, outcome = 'parked'

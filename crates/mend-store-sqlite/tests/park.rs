@@ -139,6 +139,7 @@ fn parked(msg: &Message, checked_at: i64, deadline: Option<i64>, cache: bool) ->
             sync: Some(sync_for(msg)),
             cache_on_release: cache.then(|| (CACHE.to_owned(), Some(CACHE_TTL))),
             coalesce: true,
+            seen_releases: None,
         }),
         ..completion(msg, "parked", Disposition::Parked)
     }
@@ -376,6 +377,42 @@ fn assert_accounting(path: &Path) {
 // ---- a: lost wake-up -------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_counted_after_an_in_flight_answer_resumes_the_message() {
+    let db = open();
+    let (store, path) = (&db.store, db.path.as_path());
+    let (_, msgs) = waiting_processes(store, 1, 1).await;
+    // The check read "a sync is in flight" and saw 0 releases; the sync's release committed
+    // right after that read, with a release time earlier than the check's.
+    let (pending, seen) = store.key_state(KEY).await.unwrap();
+    assert_eq!((pending, seen), (false, 0));
+    store
+        .release(Release {
+            key: KEY.to_owned(),
+            source: "sync".to_owned(),
+            cache: Vec::new(),
+        })
+        .await
+        .unwrap();
+    let mut late = parked(&msgs[0], now_ms() + 60_000, Some(now_ms() + 600_000), false);
+    if let Some(p) = late.park.as_mut() {
+        p.seen_releases = Some(seen);
+    }
+    apply(store, late).await;
+    let row = message(path, msgs[0].id);
+    assert_eq!(
+        (row.state.as_str(), row.node.as_str()),
+        ("queued", RESUME),
+        "{row:?}"
+    );
+    assert_eq!(
+        sync_processes(path),
+        Vec::new(),
+        "no second sync for a released key"
+    );
+    assert_accounting(path);
+}
+
+#[tokio::test]
 async fn a_release_after_the_check_resumes_the_message_instead_of_parking_it() {
     let db = open();
     let (store, path) = (&db.store, db.path.as_path());

@@ -112,6 +112,9 @@ pub struct Park {
     pub expire_error: String,
     /// When the message learned the key was missing: a release after this resumes it at once.
     pub checked_at: i64,
+    /// The key's release count when the message learned it was missing from "a sync is in
+    /// flight" (no request was sent): a higher count at park time resumes it at once.
+    pub seen_releases: Option<i64>,
     /// The sync to open if no sync is in flight for the key (single-flight); the store sets
     /// its `release_key`.
     pub sync: Option<NewProcess>,
@@ -330,6 +333,9 @@ pub trait ParkStore {
     fn expire_parked(&self, now: i64) -> impl Future<Output = Result<u64>> + Send;
     /// Whether a sync is in flight for `key`.
     fn key_pending(&self, key: &str) -> impl Future<Output = Result<bool>> + Send;
+    /// Whether a sync is in flight for `key`, and how many times the key was released so far,
+    /// read together: a park that compares the count sees a release committed after the read.
+    fn key_state(&self, key: &str) -> impl Future<Output = Result<(bool, i64)>> + Send;
     fn parked_keys(&self) -> impl Future<Output = Result<Vec<ParkedKey>>> + Send;
     /// Messages waiting for their system's capacity, per topology and node.
     fn limited(&self) -> impl Future<Output = Result<Vec<LimitedCount>>> + Send;
