@@ -569,7 +569,7 @@ impl<S: Store> Inner<S> {
             Some(_) if interrupted => Step::fail(
                 "interrupted",
                 format!(
-                    "the step was interrupted {} times (the engine stopped while running it)",
+                    "gave up after {} attempts, the last ones interrupted: the engine running this step stopped before committing it (see the attempts)",
                     msg.attempt
                 ),
             ),

@@ -19,6 +19,33 @@ use serde_json::{Value, json};
 pub mod metrics;
 mod ui;
 
+/// Query parameters whose errors are answered like every other error: 400 with a JSON body
+/// naming the parameter.
+pub struct JsonQuery<T>(pub T);
+
+impl<T, St> axum::extract::FromRequestParts<St> for JsonQuery<T>
+where
+    T: serde::de::DeserializeOwned,
+    St: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &St,
+    ) -> Result<Self, Self::Rejection> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Query(v)| JsonQuery(v))
+            .map_err(|e| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("bad query string: {}", e.body_text()),
+                )
+            })
+    }
+}
+
 /// The body of every error answer.
 #[derive(serde::Serialize, utoipa::ToSchema)]
 pub struct ErrorBody {
@@ -311,7 +338,7 @@ async fn release<S: Store>(
 #[utoipa::path(get, path = "/api/trash", tag = "trash", params(mend_store::TrashFilter), responses((status = 200, body = Vec<mend_store::TrashDetail>), (status = 401, description = "API token missing or wrong", body = ErrorBody)))]
 async fn trash_list<S: Store>(
     State(engine): State<Engine<S>>,
-    axum::extract::Query(filter): axum::extract::Query<mend_store::TrashFilter>,
+    JsonQuery(filter): JsonQuery<mend_store::TrashFilter>,
 ) -> Result<Json<Value>, ApiError> {
     let entries = engine.store().list_trash(filter).await?;
     Ok(Json(serde_json::to_value(entries).unwrap_or(Value::Null)))
@@ -405,7 +432,7 @@ fn to_json<T: serde::Serialize>(value: &T) -> Json<Value> {
 #[utoipa::path(get, path = "/api/processes", tag = "processes", params(mend_store::ProcessFilter), responses((status = 200, body = Vec<mend_store::ProcessSummary>), (status = 401, description = "API token missing or wrong", body = ErrorBody)))]
 async fn processes<S: Store>(
     State(engine): State<Engine<S>>,
-    axum::extract::Query(filter): axum::extract::Query<mend_store::ProcessFilter>,
+    JsonQuery(filter): JsonQuery<mend_store::ProcessFilter>,
 ) -> Result<Json<Value>, ApiError> {
     Ok(to_json(&engine.store().list_processes(filter).await?))
 }
@@ -449,7 +476,7 @@ struct Window {
 #[utoipa::path(get, path = "/api/heatmap", tag = "operations", params(("window" = Option<String>, Query, description = "1h (default), 24h or 7d")), responses((status = 200, body = mend_store::Heatmap), (status = 400, body = ErrorBody), (status = 401, description = "API token missing or wrong", body = ErrorBody)))]
 async fn heatmap<S: Store>(
     State(engine): State<Engine<S>>,
-    axum::extract::Query(w): axum::extract::Query<Window>,
+    JsonQuery(w): JsonQuery<Window>,
 ) -> Result<Json<Value>, ApiError> {
     // 60 one-minute cells for an hour, 96 quarter-hours for a day, 168 hours for a week.
     let (bucket_ms, buckets) = match w.window.as_deref().unwrap_or("1h") {
@@ -536,6 +563,19 @@ async fn trash_bulk<S: Store>(
             format!("the body must be JSON like {{\"action\": \"approve\", \"filter\": {{\"topology\": \"products\"}}}}: {e}"),
         )
     })?;
+    let f = &bulk.filter;
+    if f.topology.is_none()
+        && f.node.is_none()
+        && f.process_id.is_none()
+        && f.error.is_none()
+        && f.since.is_none()
+        && f.until.is_none()
+    {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "a bulk action needs a filter (topology, node, process_id, error, since or until); it never acts on the whole trash by accident",
+        ));
+    }
     let count = engine
         .store()
         .bulk_trash(bulk.filter, bulk.action, "operator (API, bulk)")

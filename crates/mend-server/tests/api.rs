@@ -604,3 +604,22 @@ async fn bulk_approve_by_filter_reruns_every_matching_entry() {
         assert_eq!(report["messages"]["trash"], 1, "{report}");
     }
 }
+
+#[tokio::test]
+async fn bad_query_strings_and_unfiltered_bulk_actions_get_json_400s() {
+    let api = api().await;
+    let (status, body) = api.get("/api/processes?state=sideways").await;
+    assert_eq!(status, 400);
+    assert!(
+        body["error"].as_str().unwrap().contains("bad query string"),
+        "{body}"
+    );
+    let (status, body) = api.get("/api/trash?limit=lots").await;
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = api.post("/api/trash/bulk", r#"{"action": "reject"}"#).await;
+    assert_eq!(status, 400);
+    assert!(
+        body["error"].as_str().unwrap().contains("needs a filter"),
+        "{body}"
+    );
+}
