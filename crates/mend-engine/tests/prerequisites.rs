@@ -668,3 +668,28 @@ async fn a_new_message_takes_over_a_key_whose_sync_died() {
         2
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cycle_that_closes_through_two_syncs_in_flight_is_named_not_waited_out() {
+    let (url, target) = target().await;
+    {
+        let mut parents = target.parents.lock().unwrap();
+        parents.insert(1, Some(2));
+        parents.insert(2, Some(1));
+    }
+    let [p, c] = topologies("10m");
+    let h = harness(&url, &[&p, &c], 8).await;
+    // Products of both categories at once: each category's sync joins the other's.
+    let report = h.run(products(6, |i| if i % 2 == 0 { 1 } else { 2 })).await;
+    assert_eq!(report.messages.trash, 6, "{report:#?}");
+    for t in &report.trash {
+        let e = t.error.as_deref().unwrap();
+        assert!(e.starts_with("prerequisite cycle: category:"), "{e}");
+    }
+    assert_eq!(
+        h.scalar("SELECT count(*) FROM messages WHERE state = 'parked'"),
+        0,
+        "no deadlock left behind"
+    );
+    assert_eq!(target.count("POST /products"), 0);
+}

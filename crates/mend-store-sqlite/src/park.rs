@@ -41,6 +41,62 @@ fn sync_chain(conn: &Connection, process: ProcessId) -> Result<Vec<String>> {
     Ok(keys)
 }
 
+/// Follows `key` → its running sync → the keys that sync and the processes it started are
+/// parked on → their syncs ..., and returns the keys walked when one of them is in `chain`.
+fn waits_on_chain(conn: &Connection, key: &str, chain: &[String]) -> Result<Option<Vec<String>>> {
+    let mut path: Vec<(String, usize)> = vec![(key.to_owned(), usize::MAX)];
+    let mut seen = std::collections::HashSet::from([key.to_owned()]);
+    let mut sync_of = conn
+        .prepare_cached(
+            "SELECT k.sync_process_id FROM park_keys k JOIN processes p ON p.id = k.sync_process_id
+             WHERE k.key = ?1 AND p.state = 'running'",
+        )
+        .map_err(backend)?;
+    let mut waited = conn
+        .prepare_cached(
+            "WITH RECURSIVE tree (id) AS (
+                 SELECT ?1 UNION SELECT p.id FROM processes p JOIN tree ON p.parent_process_id = tree.id
+             )
+             SELECT DISTINCT park_key FROM messages INDEXED BY messages_parked
+             WHERE state = 'parked' AND process_id IN (SELECT id FROM tree)",
+        )
+        .map_err(backend)?;
+    let mut i = 0;
+    // Bounded: the walk visits each key once.
+    while i < path.len() && path.len() < 10_000 {
+        let (k, _) = path[i].clone();
+        if chain.contains(&k) {
+            // Rebuild the route back to the first key.
+            let mut route = vec![k];
+            let mut at = path[i].1;
+            while at != usize::MAX {
+                route.push(path[at].0.clone());
+                at = path[at].1;
+            }
+            route.reverse();
+            return Ok(Some(route));
+        }
+        let sync: Option<String> = sync_of
+            .query_row(params![k], |r| r.get(0))
+            .optional()
+            .map_err(backend)?;
+        if let Some(s) = sync {
+            let keys = waited
+                .query_map(params![s], |r| r.get::<_, String>(0))
+                .map_err(backend)?
+                .collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(backend)?;
+            for next in keys {
+                if seen.insert(next.clone()) {
+                    path.push((next, i));
+                }
+            }
+        }
+        i += 1;
+    }
+    Ok(None)
+}
+
 /// Parks message `id` (already claimed by the caller's guard) or resumes it, per `park`.
 pub(crate) fn park(
     conn: &Connection,
@@ -56,6 +112,18 @@ pub(crate) fn park(
     if let Some(pos) = chain.iter().position(|k| *k == park.key) {
         let mut cycle: Vec<String> = chain[..=pos].iter().rev().cloned().collect();
         cycle.push(park.key.clone());
+        return Ok(Parked::Cycle(cycle));
+    }
+    // The same through other syncs in flight: joining the key's sync would wait on a sync
+    // that (through the keys its processes wait on) waits on this one.
+    if !chain.is_empty()
+        && let Some(through) = waits_on_chain(conn, &park.key, &chain)?
+    {
+        let mut cycle: Vec<String> = chain.iter().rev().cloned().collect();
+        cycle.extend(through);
+        if cycle.first() != cycle.last() {
+            cycle.push(cycle[0].clone());
+        }
         return Ok(Parked::Cycle(cycle));
     }
     let released: Option<(i64, i64)> = conn
