@@ -245,6 +245,7 @@ impl<S: mend_store::Store> Inner<S> {
                         key: key.clone(),
                         present: Some(true),
                         expires_at: now + c.ttl.as_millis(),
+                        observed_at: now,
                     })
                     .collect();
                 step.releases.push(Release {
@@ -324,6 +325,7 @@ impl<S: mend_store::Store> Inner<S> {
                     key: key.clone(),
                     present: Some(true),
                     expires_at: now + spec.cache.ttl.as_millis(),
+                    observed_at: now,
                 });
             }
             step
@@ -384,11 +386,14 @@ impl<S: mend_store::Store> Inner<S> {
         }
         let now = mend_core::clock::now_ms();
         match self.store.cache_get(&spec.cache.name, &key, now).await {
-            Ok(Some(true)) => {
+            Ok(Some((true, _))) => {
                 tier.positive.insert(key.clone(), true).await;
                 return hit(exists(false));
             }
-            Ok(Some(false)) => return hit(missing(now)),
+            // A shared "missing": it was seen `negative_ttl` before it expires.
+            Ok(Some((false, expires_at))) => {
+                return hit(missing(expires_at - spec.cache.negative_ttl.as_millis()));
+            }
             Ok(None) => {}
             Err(e) => return Step::retry(format!("store: {e}"), None, None, None),
         }
@@ -434,6 +439,7 @@ impl<S: mend_store::Store> Inner<S> {
                         key: key.clone(),
                         present: Some(false),
                         expires_at: at + spec.cache.negative_ttl.as_millis(),
+                        observed_at: *at,
                     });
                 }
                 step

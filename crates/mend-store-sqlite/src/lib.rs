@@ -813,13 +813,13 @@ impl ParkStore for SqliteStore {
         .await
     }
 
-    async fn cache_get(&self, cache: &str, key: &str, now: i64) -> Result<Option<bool>> {
+    async fn cache_get(&self, cache: &str, key: &str, now: i64) -> Result<Option<(bool, i64)>> {
         let (cache, key) = (cache.to_owned(), key.to_owned());
         self.read(move |conn| {
             conn.prepare_cached(
-                "SELECT present FROM cache_entries WHERE cache = ?1 AND key = ?2 AND expires_at > ?3",
+                "SELECT present, expires_at FROM cache_entries WHERE cache = ?1 AND key = ?2 AND expires_at > ?3",
             )
-            .and_then(|mut st| st.query_row(params![cache, key, now], |r| r.get(0)).optional())
+            .and_then(|mut st| st.query_row(params![cache, key, now], |r| Ok((r.get(0)?, r.get(1)?))).optional())
             .map_err(backend)
         })
         .await

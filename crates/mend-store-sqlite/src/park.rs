@@ -258,6 +258,7 @@ pub(crate) fn release(
                 key: key.to_owned(),
                 present: ttl.map(|_| true),
                 expires_at: now + ttl.unwrap_or(0),
+                observed_at: now,
             },
         )?;
     }
@@ -275,10 +276,12 @@ pub(crate) fn write_cache(conn: &Connection, w: &CacheWrite) -> Result<()> {
     match w.present {
         Some(present) => conn
             .prepare_cached(
-                "INSERT INTO cache_entries (cache, key, present, expires_at) VALUES (?1, ?2, ?3, ?4)
+                "INSERT INTO cache_entries (cache, key, present, expires_at)
+                 SELECT ?1, ?2, ?3, ?4
+                 WHERE ?3 OR NOT EXISTS (SELECT 1 FROM releases WHERE key = ?2 AND released_at >= ?5)
                  ON CONFLICT (cache, key) DO UPDATE SET present = ?3, expires_at = ?4",
             )
-            .and_then(|mut st| st.execute(params![w.cache, w.key, present, w.expires_at])),
+            .and_then(|mut st| st.execute(params![w.cache, w.key, present, w.expires_at, w.observed_at])),
         None => conn
             .prepare_cached("DELETE FROM cache_entries WHERE cache = ?1 AND key = ?2")
             .and_then(|mut st| st.execute(params![w.cache, w.key])),

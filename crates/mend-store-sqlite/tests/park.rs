@@ -535,7 +535,11 @@ async fn a_release_after_the_check_resumes_the_message_instead_of_parking_it() {
     let row = message(path, b.id);
     assert_eq!((row.state.as_str(), row.node.as_str()), ("queued", RESUME));
     assert_eq!(
-        store.cache_get(CACHE, KEY, now_ms()).await.unwrap(),
+        store
+            .cache_get(CACHE, KEY, now_ms())
+            .await
+            .unwrap()
+            .map(|(present, _)| present),
         None,
         "no cache entry without cache_on_release"
     );
@@ -727,12 +731,20 @@ async fn c_the_syncs_clean_end_releases_every_parked_message() {
     }
     // The park asked to mark the key present in its cache on release.
     let now = now_ms();
-    assert_eq!(store.cache_get(CACHE, KEY, now).await.unwrap(), Some(true));
+    assert_eq!(
+        store
+            .cache_get(CACHE, KEY, now)
+            .await
+            .unwrap()
+            .map(|(present, _)| present),
+        Some(true)
+    );
     assert_eq!(
         store
             .cache_get(CACHE, KEY, now + CACHE_TTL + 1_000)
             .await
-            .unwrap(),
+            .unwrap()
+            .map(|(present, _)| present),
         None,
         "the entry expires after the park's TTL"
     );
@@ -821,7 +833,11 @@ async fn d_a_sync_that_ends_in_the_trash_releases_nothing() {
         );
     }
     assert_eq!(
-        store.cache_get(CACHE, KEY, now_ms()).await.unwrap(),
+        store
+            .cache_get(CACHE, KEY, now_ms())
+            .await
+            .unwrap()
+            .map(|(present, _)| present),
         None,
         "no cache entry"
     );
@@ -846,7 +862,11 @@ async fn d_a_sync_that_ends_in_the_trash_releases_nothing() {
     );
     assert!(!store.key_pending(KEY).await.unwrap());
     assert_eq!(
-        store.cache_get(CACHE, KEY, now_ms()).await.unwrap(),
+        store
+            .cache_get(CACHE, KEY, now_ms())
+            .await
+            .unwrap()
+            .map(|(present, _)| present),
         Some(true)
     );
     assert_eq!(

@@ -144,6 +144,9 @@ pub struct CacheWrite {
     /// `None` removes the entry.
     pub present: Option<bool>,
     pub expires_at: i64,
+    /// When the answer was seen (Unix ms). A "missing" seen before the key's last release is
+    /// stale and not written.
+    pub observed_at: i64,
 }
 
 /// What a release did.
@@ -339,13 +342,13 @@ pub trait ParkStore {
     fn parked_keys(&self) -> impl Future<Output = Result<Vec<ParkedKey>>> + Send;
     /// Messages waiting for their system's capacity, per topology and node.
     fn limited(&self) -> impl Future<Output = Result<Vec<LimitedCount>>> + Send;
-    /// The store tier's answer for `key`, if fresh at `now`.
+    /// The store tier's answer for `key`, if fresh at `now`, with when it expires.
     fn cache_get(
         &self,
         cache: &str,
         key: &str,
         now: i64,
-    ) -> impl Future<Output = Result<Option<bool>>> + Send;
+    ) -> impl Future<Output = Result<Option<(bool, i64)>>> + Send;
 }
 
 /// One trash entry in full, for operators.
