@@ -24,9 +24,10 @@ pub struct Context {
     /// after this moment resumes it even if it parks later.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checked_at: Option<i64>,
-    /// The key's release count when "missing" came from "a sync is in flight" (no request).
+    /// The key and its release count when "missing" came from "a sync is in flight" (no
+    /// request was sent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub seen_releases: Option<i64>,
+    pub seen_releases: Option<(String, i64)>,
 }
 
 /// An HTTP response as later nodes see it (`response.status`, `response.body`).

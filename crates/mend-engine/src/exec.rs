@@ -377,7 +377,7 @@ impl<S: mend_store::Store> Inner<S> {
             Ok((true, releases)) => {
                 let mut step = hit(missing(mend_core::clock::now_ms()));
                 for out in &mut step.outputs {
-                    out.context.seen_releases = Some(releases);
+                    out.context.seen_releases = Some((key.clone(), releases));
                 }
                 return step;
             }
@@ -511,13 +511,20 @@ impl<S: mend_store::Store> Inner<S> {
         };
         let now = mend_core::clock::now_ms();
         let max_wait = spec.max_wait.unwrap_or(DEFAULT_MAX_WAIT);
+        // Only a release count read for this very key says anything about its releases.
+        let seen_releases = msg
+            .context
+            .seen_releases
+            .as_ref()
+            .filter(|(k, _)| *k == key)
+            .map(|(_, n)| *n);
         let park = Park {
             deadline: Some(now + max_wait.as_millis()),
             expire_error: format!("prerequisite {key} not satisfied within {max_wait}"),
             key,
             resume_node: spec.resume.clone(),
             checked_at: msg.context.checked_at.unwrap_or(msg.created_at),
-            seen_releases: msg.context.seen_releases,
+            seen_releases,
             sync,
             cache_on_release: spec
                 .cache
@@ -627,7 +634,7 @@ impl<S: mend_store::Store> Inner<S> {
                         chunk: true,
                         ..Cursor::default()
                     }),
-                    ..Context::default()
+                    ..carried(msg)
                 },
             }));
             return Step::route(outcome::ITEM, outputs);
@@ -723,10 +730,8 @@ impl<S: mend_store::Store> Inner<S> {
                 node: Some(msg.node.clone()),
                 payload: msg.payload.clone(),
                 context: Context {
-                    response: None,
                     cursor: Some(c),
-                    checked_at: None,
-                    seen_releases: None,
+                    ..carried(msg)
                 },
             });
         }
@@ -988,7 +993,7 @@ fn checked(msg: &Message, at: i64) -> Output {
 fn carried(msg: &Message) -> Context {
     Context {
         checked_at: msg.context.checked_at,
-        seen_releases: msg.context.seen_releases,
+        seen_releases: msg.context.seen_releases.clone(),
         ..Context::default()
     }
 }

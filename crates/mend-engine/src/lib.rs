@@ -435,11 +435,14 @@ impl<S: Store> Engine<S> {
                 let this = self.inner.clone();
                 this.running_set().insert(msg.id);
                 tracker.spawn(async move {
-                    let id = msg.id;
+                    // Even if the step panics, its lease stops being renewed (and another
+                    // claim recovers it) and its permits come back.
+                    let _running = Running {
+                        inner: this.clone(),
+                        id: msg.id,
+                        permits: Some(permits),
+                    };
                     this.work(msg).await;
-                    this.running_set().remove(&id);
-                    drop(permits);
-                    this.freed.notify_one();
                 });
             }
         }
@@ -491,6 +494,22 @@ fn names<'a>(it: impl Iterator<Item = &'a String>) -> String {
         "none".into()
     } else {
         v.join(", ")
+    }
+}
+
+/// A step in progress: while it lives, its lease is renewed and its permits are held.
+struct Running<S: Store> {
+    inner: Arc<Inner<S>>,
+    id: MessageId,
+    permits: Option<(Option<OwnedSemaphorePermit>, Option<OwnedSemaphorePermit>)>,
+}
+
+impl<S: Store> Drop for Running<S> {
+    fn drop(&mut self) {
+        self.inner.running_set().remove(&self.id);
+        // Permits back first, then wake the claim loop, which counts them.
+        drop(self.permits.take());
+        self.inner.freed.notify_one();
     }
 }
 

@@ -7,7 +7,8 @@ CREATE INDEX messages_ready ON messages (topology, node, available_at, id)
     WHERE state IN ('queued', 'retry', 'limited');
 
 -- The trash view, newest first, without scanning every finished message.
-CREATE INDEX messages_trash ON messages (updated_at) WHERE state = 'trash';
+-- (IF NOT EXISTS: an unreleased build created it in 0003.)
+CREATE INDEX IF NOT EXISTS messages_trash ON messages (updated_at) WHERE state = 'trash';
 
 -- The flood guard counts recent identical failures of one process and node.
 CREATE INDEX messages_flood_guard ON messages (process_id, node, error, updated_at)

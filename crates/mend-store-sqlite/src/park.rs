@@ -55,9 +55,13 @@ fn waits_on_chain(conn: &Connection, key: &str, chain: &[String]) -> Result<Opti
     let mut waited = conn
         .prepare_cached(
             "WITH RECURSIVE tree (id) AS (
-                 SELECT ?1 UNION SELECT p.id FROM processes p JOIN tree ON p.parent_process_id = tree.id
+                 SELECT ?1
+                 UNION
+                 -- Only syncs: a process started by `send` does not hold up its parent's end.
+                 SELECT p.id FROM processes p JOIN tree ON p.parent_process_id = tree.id
+                 WHERE p.release_key IS NOT NULL
              )
-             SELECT DISTINCT park_key FROM messages INDEXED BY messages_parked
+             SELECT DISTINCT park_key FROM messages
              WHERE state = 'parked' AND process_id IN (SELECT id FROM tree)",
         )
         .map_err(backend)?;
