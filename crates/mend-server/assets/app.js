@@ -908,7 +908,8 @@
       if (!confirm(`${action === 'approve' ? 'Approve' : 'Reject'} every trash entry matching (${what})?`)) return;
       const f = Object.fromEntries(Object.entries(filter).filter(([, v]) => v));
       try {
-        const r = await api('/api/trash/bulk', { method: 'POST', body: { action, filter: f } });
+        const all = Object.keys(f).length === 0;
+        const r = await api('/api/trash/bulk', { method: 'POST', body: { action, filter: f, all } });
         toast(`${action === 'approve' ? 'Approved' : 'Rejected'} ${fmtN(r.count)} entr${r.count === 1 ? 'y' : 'ies'}.`);
       } catch (e) {
         toast(unavailable(e) ? 'Bulk actions are not available on this server yet (POST /api/trash/bulk).' : e.message, 'bad');

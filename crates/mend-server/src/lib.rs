@@ -140,6 +140,29 @@ async fn require_token(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
+    // A web page elsewhere must not drive the API through an operator's browser (the API may
+    // run without a token on loopback): refuse cross-site browser requests.
+    let headers = request.headers();
+    let cross_site =
+        headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()) == Some("cross-site");
+    let foreign_origin = match (
+        headers.get("origin").and_then(|v| v.to_str().ok()),
+        headers.get("host").and_then(|v| v.to_str().ok()),
+    ) {
+        (Some(origin), Some(host)) => {
+            let origin_host = origin.split_once("://").map(|(_, h)| h).unwrap_or(origin);
+            origin_host != host
+        }
+        (Some(_), None) => true,
+        _ => false,
+    };
+    if cross_site || foreign_origin {
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "cross-site requests to the API are refused",
+        )
+        .into_response();
+    }
     if let Some(expected) = &config.api_token {
         let given = request
             .headers()
@@ -550,6 +573,9 @@ struct Bulk {
     action: mend_store::TrashAction,
     #[serde(default)]
     filter: mend_store::TrashFilter,
+    /// Act on the whole trash: required when the filter is empty, so nobody does it by accident.
+    #[serde(default)]
+    all: bool,
 }
 
 #[utoipa::path(post, path = "/api/trash/bulk", tag = "trash", request_body = Bulk, responses((status = 200, description = "{\"count\": n}"), (status = 400, body = ErrorBody), (status = 401, description = "API token missing or wrong", body = ErrorBody)))]
@@ -563,17 +589,18 @@ async fn trash_bulk<S: Store>(
             format!("the body must be JSON like {{\"action\": \"approve\", \"filter\": {{\"topology\": \"products\"}}}}: {e}"),
         )
     })?;
+    let given = |v: &Option<String>| v.as_deref().is_some_and(|s| !s.trim().is_empty());
     let f = &bulk.filter;
-    if f.topology.is_none()
-        && f.node.is_none()
-        && f.process_id.is_none()
-        && f.error.is_none()
-        && f.since.is_none()
-        && f.until.is_none()
-    {
+    let filtered = given(&f.topology)
+        || given(&f.node)
+        || given(&f.error)
+        || f.process_id.is_some()
+        || f.since.is_some()
+        || f.until.is_some();
+    if !filtered && !bulk.all {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
-            "a bulk action needs a filter (topology, node, process_id, error, since or until); it never acts on the whole trash by accident",
+            "a bulk action needs a filter (topology, node, process_id, error, since or until), or \"all\": true to act on the whole trash",
         ));
     }
     let count = engine

@@ -622,4 +622,44 @@ async fn bad_query_strings_and_unfiltered_bulk_actions_get_json_400s() {
         body["error"].as_str().unwrap().contains("needs a filter"),
         "{body}"
     );
+    let (status, body) = api
+        .post(
+            "/api/trash/bulk",
+            r#"{"action": "reject", "filter": {"error": ""}}"#,
+        )
+        .await;
+    assert_eq!(status, 400, "an empty filter field is no filter: {body}");
+    let (status, body) = api
+        .post("/api/trash/bulk", r#"{"action": "reject", "all": true}"#)
+        .await;
+    assert_eq!((status, body["count"].as_u64()), (200, Some(0)), "{body}");
+    // A page on another site cannot drive the API through the operator's browser.
+    let (status, body) = api
+        .send(
+            reqwest::Method::POST,
+            "/api/trash/bulk",
+            Some(r#"{"action": "reject", "all": true}"#),
+            &[("origin", "http://evil.example")],
+        )
+        .await;
+    assert_eq!(status, 403, "{body}");
+    let (status, _) = api
+        .send(
+            reqwest::Method::GET,
+            "/api/status",
+            None,
+            &[("sec-fetch-site", "cross-site")],
+        )
+        .await;
+    assert_eq!(status, 403);
+    let origin = api.base.clone();
+    let (status, _) = api
+        .send(
+            reqwest::Method::GET,
+            "/api/status",
+            None,
+            &[("origin", origin.as_str())],
+        )
+        .await;
+    assert_eq!(status, 200, "same origin is fine");
 }
