@@ -77,6 +77,9 @@ pub struct EngineConfig {
     pub cron: bool,
     /// How long per-minute outcome counts (the heatmap) are kept.
     pub heatmap_retention: Duration,
+    /// A message waiting this long at a node the loaded topology no longer has goes to the
+    /// trash (engines still on the previous version get this long to finish it).
+    pub stranded_after: Duration,
 }
 
 impl Default for EngineConfig {
@@ -94,6 +97,7 @@ impl Default for EngineConfig {
             default_timeout: Duration::from_secs(30),
             cron: false,
             heatmap_retention: Duration::from_secs(7 * 24 * 3600),
+            stranded_after: Duration::from_secs(600),
         }
     }
 }
@@ -327,22 +331,6 @@ impl<S: Store> Engine<S> {
         }
         // Messages left `running` by an engine that died come back once their lease ends.
         inner.store.recover_expired(now_ms()).await?;
-        // Messages waiting at a node this catalog no longer has would wait forever: they go
-        // to the trash, where an operator sees why.
-        for t in inner.catalog.topologies.values() {
-            let nodes = t.nodes.keys().cloned().collect();
-            let n = inner
-                .store
-                .trash_unknown_nodes(&t.name, &t.version, nodes)
-                .await?;
-            if n > 0 {
-                tracing::warn!(
-                    topology = t.name,
-                    messages = n,
-                    "messages at nodes that no longer exist moved to the trash"
-                );
-            }
-        }
         let mut rotate = 0usize;
         let mut store_errors = 0u32;
         let workers = inner.config.workers.max(1);
@@ -541,6 +529,27 @@ async fn lease_keeper<S: Store>(inner: Arc<Inner<S>>, stop: CancellationToken) {
             let before = now - inner.config.heatmap_retention.as_millis() as i64;
             if let Err(e) = inner.store.purge_heatmap(before).await {
                 tracing::error!(error = %e, "cannot purge old heatmap counts");
+            }
+            // Messages waiting at a node this catalog no longer has would wait forever: after
+            // the grace period they go to the trash, where an operator sees why.
+            let older_than = now - inner.config.stranded_after.as_millis() as i64;
+            for t in inner.catalog.topologies.values() {
+                let nodes = t.nodes.keys().cloned().collect();
+                match inner
+                    .store
+                    .trash_unknown_nodes(&t.name, &t.version, nodes, older_than)
+                    .await
+                {
+                    Ok(0) => {}
+                    Ok(n) => tracing::warn!(
+                        topology = t.name,
+                        messages = n,
+                        "messages at nodes that no longer exist moved to the trash"
+                    ),
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot look for messages at removed nodes")
+                    }
+                }
             }
         }
         match inner.store.expire_parked(now).await {

@@ -840,6 +840,7 @@ async fn messages_at_a_node_that_no_longer_exists_go_to_the_trash_with_the_reaso
         catalog,
         EngineConfig {
             poll: Duration::from_millis(20),
+            stranded_after: Duration::ZERO,
             ..EngineConfig::default()
         },
     )

@@ -929,6 +929,7 @@ impl OpsStore for SqliteStore {
         topology: &str,
         version: &str,
         nodes: Vec<String>,
+        older_than: i64,
     ) -> Result<u64> {
         let (topology, version) = (topology.to_owned(), version.to_owned());
         self.inner
@@ -939,6 +940,7 @@ impl OpsStore for SqliteStore {
                     &topology,
                     &version,
                     &nodes,
+                    older_than,
                     mend_core::clock::now_ms(),
                 )
             })

@@ -304,21 +304,36 @@ pub(crate) fn trash_unknown_nodes(
     topology: &str,
     version: &str,
     nodes: &[String],
+    older_than: i64,
     now: i64,
 ) -> Result<u64> {
     let known = serde_json::to_string(nodes).map_err(corrupt)?;
-    let rows: Vec<(String, String, String, String)> = conn
-        .prepare_cached(
-            "SELECT id, process_id, state, coalesce(CASE WHEN state = 'parked' THEN resume_node END, node) FROM messages
-             WHERE topology = ?1
-               AND ((state IN ('queued', 'retry', 'limited') AND node NOT IN (SELECT value FROM json_each(?2)))
-                 OR (state = 'parked' AND resume_node NOT IN (SELECT value FROM json_each(?2))))",
-        )
-        .and_then(|mut st| {
-            st.query_map(params![topology, known], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+    // Two index-bound reads: ready messages of the topology, then parked ones.
+    let mut rows: Vec<(String, String, String, String)> = Vec::new();
+    for sql in [
+        "SELECT id, process_id, state, node FROM messages INDEXED BY messages_ready
+         WHERE state IN ('queued', 'retry', 'limited') AND topology = ?1 AND updated_at < ?3
+           AND node NOT IN (SELECT value FROM json_each(?2))",
+        "SELECT id, process_id, state, resume_node FROM messages INDEXED BY messages_parked
+         WHERE state = 'parked' AND topology = ?1 AND updated_at < ?3
+           AND resume_node NOT IN (SELECT value FROM json_each(?2))",
+    ] {
+        let found = conn
+            .prepare_cached(sql)
+            .and_then(|mut st| {
+                st.query_map(params![topology, known, older_than], |r| {
+                    Ok((
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get::<_, Option<String>>(3)?.unwrap_or_default(),
+                    ))
+                })?
                 .collect::<rusqlite::Result<Vec<_>>>()
-        })
-        .map_err(backend)?;
+            })
+            .map_err(backend)?;
+        rows.extend(found);
+    }
     let n = rows.len() as u64;
     for (id, pid, state, node) in rows {
         let reason =

@@ -534,12 +534,14 @@ pub trait OpsStore {
     /// Sends every message parked under `key` to the trash; returns how many.
     fn drop_key(&self, key: &str, actor: &str) -> impl Future<Output = Result<u64>> + Send;
     /// Sends to the trash the waiting messages of `topology` whose node (or resume node) is not
-    /// in `nodes` any more, e.g. after a node was renamed; returns how many.
+    /// in `nodes` any more (a node was renamed or removed), and that have waited since before
+    /// `older_than` (Unix ms), so engines still on the previous version get to finish theirs.
     fn trash_unknown_nodes(
         &self,
         topology: &str,
         version: &str,
         nodes: Vec<String>,
+        older_than: i64,
     ) -> impl Future<Output = Result<u64>> + Send;
 }
 
