@@ -1228,7 +1228,9 @@
     generation++;
     const raw = location.hash.replace(/^#\/?/, '');
     const [path, search = ''] = raw.split('?');
-    const parts = path.split('/').filter(Boolean).map(decodeURIComponent);
+    // A malformed escape in a hand-typed address stays as typed instead of blanking the page.
+    const decode = (part) => { try { return decodeURIComponent(part); } catch { return part; } };
+    const parts = path.split('/').filter(Boolean).map(decode);
     const name = parts[0] || 'overview';
     document.querySelectorAll('#nav a').forEach((a) => a.classList.toggle('on', a.dataset.view === name));
     document.title = `mend · ${name}`;
