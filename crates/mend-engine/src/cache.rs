@@ -25,7 +25,8 @@ pub(crate) struct Caches {
     /// answer and the park that marks the key's sync in flight in the store, so the messages
     /// that arrive meanwhile do not ask again. Short-lived and safe: a message that parks on a
     /// stale entry resumes at once, because the release is newer than its check.
-    pub recent_missing: Cache<String, i64>,
+    /// Value: when it was found missing, and the key's release count before asking.
+    pub recent_missing: Cache<String, (i64, i64)>,
 }
 
 impl Default for Caches {

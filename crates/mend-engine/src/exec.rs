@@ -370,7 +370,7 @@ impl<S: mend_store::Store> Inner<S> {
         {
             return hit(missing(at));
         }
-        if let Some(at) = self.caches.recent_missing.get(&key).await {
+        if let Some(at) = self.recently_missing(&key).await {
             return hit(missing(at));
         }
         match self.store.key_state(&key).await {
@@ -403,10 +403,12 @@ impl<S: mend_store::Store> Inner<S> {
             .try_get_with(key.clone(), async {
                 // Checked again here: a caller that got past the look-ups above just as an
                 // earlier request came back "missing" must not ask again.
-                if let Some(at) = self.caches.recent_missing.get(&key).await {
+                if let Some(at) = self.recently_missing(&key).await {
                     return Err(CheckMiss::Missing { at });
                 }
                 crate::telemetry::cache(&spec.cache.name, false);
+                // The key's release count before asking: a later release makes the answer stale.
+                let releases_before = self.store.key_state(&key).await.ok().map(|(_, n)| n);
                 let answer = match self.request(topo, &spec.http, msg, &ctx, None).await {
                     Err(HttpFailure::Build(error)) => Err(CheckMiss::Fail {
                         error,
@@ -422,8 +424,11 @@ impl<S: mend_store::Store> Inner<S> {
                     }),
                     Ok(reply) => self.classify_check(topo, spec, msg, reply),
                 };
-                if let Err(CheckMiss::Missing { at }) = &answer {
-                    self.caches.recent_missing.insert(key.clone(), *at).await;
+                if let (Err(CheckMiss::Missing { at }), Some(n)) = (&answer, releases_before) {
+                    self.caches
+                        .recent_missing
+                        .insert(key.clone(), (*at, n))
+                        .await;
                 }
                 answer
             })
@@ -443,6 +448,18 @@ impl<S: mend_store::Store> Inner<S> {
                     });
                 }
                 step
+            }
+        }
+    }
+
+    /// A "missing" this engine just learned for `key`, unless the key was released since.
+    async fn recently_missing(&self, key: &str) -> Option<i64> {
+        let (at, releases) = self.caches.recent_missing.get(key).await?;
+        match self.store.key_state(key).await {
+            Ok((_, now)) if now == releases => Some(at),
+            _ => {
+                self.caches.recent_missing.invalidate(key).await;
+                None
             }
         }
     }

@@ -300,6 +300,27 @@ async fn thundering_herd_one_new_category_costs_one_sync() {
     );
     let parked = report.nodes["push.category.park"]["parked"];
     assert!(parked >= 1, "products parked behind the sync: {report:#?}");
+    // The sync's trace links back to every message it unblocked.
+    use mend_store::OpsStore;
+    let trace = h
+        .engine
+        .store()
+        .trace(report.children[0])
+        .await
+        .unwrap()
+        .unwrap();
+    // (A product that parks just after the release resumes at once and waited for nothing.)
+    let unblocked = trace.unblocks.len() as u64;
+    assert!(
+        (1..=parked).contains(&unblocked),
+        "{unblocked} unblocked of {parked} park steps"
+    );
+    assert!(
+        trace
+            .unblocks
+            .iter()
+            .all(|m| m.process_id == report.id && m.state == "done")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -16,3 +16,7 @@ CREATE INDEX messages_flood_guard ON messages (process_id, node, error, updated_
 
 -- Status counts of running and done processes.
 CREATE INDEX processes_state ON processes (state);
+
+-- A release keeps `park_key` on the messages it resumed, so a sync's trace can list the
+-- messages it unblocked.
+CREATE INDEX messages_park_key ON messages (park_key) WHERE park_key IS NOT NULL;

@@ -102,51 +102,67 @@ pub(crate) fn trace(conn: &Connection, id: ProcessId) -> Result<Option<Trace>> {
         return Ok(None);
     }
     let mut messages = Vec::new();
-    let mut st = conn
-        .prepare_cached(
-            "SELECT id, process_id, topology, node, state, outcome, error, parent_id, created_at, updated_at
-             FROM messages WHERE process_id = ?1 ORDER BY created_at, id LIMIT 5000",
-        )
-        .map_err(backend)?;
     for p in &processes {
-        let rows = st
-            .query_map(params![p.id.to_string()], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, String>(3)?,
-                    r.get::<_, String>(4)?,
-                    r.get::<_, Option<String>>(5)?,
-                    r.get::<_, Option<String>>(6)?,
-                    r.get::<_, Option<String>>(7)?,
-                    r.get::<_, i64>(8)?,
-                    r.get::<_, i64>(9)?,
-                ))
-            })
-            .map_err(backend)?;
-        for row in rows {
-            let (mid, pid, topology, node, state, outcome, error, parent, created_at, updated_at) =
-                row.map_err(backend)?;
-            messages.push(TraceMessage {
-                id: parse_id(&mid)?,
-                process_id: parse_id(&pid)?,
-                topology,
-                node,
-                state,
-                outcome,
-                error,
-                parent_id: parent.map(|p| parse_id::<MessageId>(&p)).transpose()?,
-                created_at,
-                updated_at,
-            });
-        }
+        messages.extend(trace_messages(conn, "process_id", &p.id.to_string())?);
     }
     messages.sort_by_key(|m| (m.created_at, m.id));
+    // A sync lists the messages that waited for its key (they keep `park_key` once resumed).
+    let release_key: Option<String> = conn
+        .prepare_cached("SELECT release_key FROM processes WHERE id = ?1")
+        .and_then(|mut st| st.query_row(params![id.to_string()], |r| r.get(0)))
+        .map_err(backend)?;
+    let unblocks = match release_key {
+        Some(key) => trace_messages(conn, "park_key", &key)?,
+        None => Vec::new(),
+    };
     Ok(Some(Trace {
         processes,
         messages,
+        unblocks,
     }))
+}
+
+/// Messages whose `column` (`process_id` or `park_key`) is `value`, in time order.
+fn trace_messages(conn: &Connection, column: &str, value: &str) -> Result<Vec<TraceMessage>> {
+    let sql = format!(
+        "SELECT id, process_id, topology, node, state, outcome, error, parent_id, created_at, updated_at
+         FROM messages WHERE {column} = ?1 ORDER BY created_at, id LIMIT 5000"
+    );
+    let mut st = conn.prepare_cached(&sql).map_err(backend)?;
+    let rows = st
+        .query_map(params![value], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, String>(4)?,
+                r.get::<_, Option<String>>(5)?,
+                r.get::<_, Option<String>>(6)?,
+                r.get::<_, Option<String>>(7)?,
+                r.get::<_, i64>(8)?,
+                r.get::<_, i64>(9)?,
+            ))
+        })
+        .map_err(backend)?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (mid, pid, topology, node, state, outcome, error, parent, created_at, updated_at) =
+            row.map_err(backend)?;
+        out.push(TraceMessage {
+            id: parse_id(&mid)?,
+            process_id: parse_id(&pid)?,
+            topology,
+            node,
+            state,
+            outcome,
+            error,
+            parent_id: parent.map(|p| parse_id::<MessageId>(&p)).transpose()?,
+            created_at,
+            updated_at,
+        });
+    }
+    Ok(out)
 }
 
 pub(crate) fn status(conn: &Connection) -> Result<StoreStatus> {

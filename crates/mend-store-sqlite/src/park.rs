@@ -226,7 +226,7 @@ pub(crate) fn release(
         .map_err(backend)?;
     let resumed = conn
         .prepare_cached(
-            "UPDATE messages SET state = 'queued', node = resume_node, park_key = NULL, resume_node = NULL,
+            "UPDATE messages SET state = 'queued', node = resume_node, resume_node = NULL,
                     parked_until = NULL, error = NULL, available_at = ?2, updated_at = ?2
              WHERE state = 'parked' AND park_key = ?1",
         )

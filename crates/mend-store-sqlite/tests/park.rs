@@ -712,7 +712,8 @@ async fn c_the_syncs_clean_end_releases_every_parked_message() {
             MessageRow {
                 state: "queued".into(),
                 node: RESUME.into(),
-                park_key: None,
+                // Kept, so the sync's trace can list the messages it unblocked.
+                park_key: Some(KEY.into()),
                 resume_node: None,
                 parked_until: None,
                 claimed_by: None,

@@ -462,6 +462,10 @@ pub struct TraceMessage {
 pub struct Trace {
     pub processes: Vec<ProcessSummary>,
     pub messages: Vec<TraceMessage>,
+    /// For a sync process: the messages (of any process) that waited for the key it was
+    /// opened for, and resumed when it ended.
+    #[serde(default)]
+    pub unblocks: Vec<TraceMessage>,
 }
 
 /// Counts across the whole store.
