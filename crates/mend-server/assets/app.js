@@ -826,6 +826,16 @@
       }
     }
     if (shown > LIMIT) rows.push(h('p', { class: 'dim' }, `… and ${fmtN(shown - LIMIT)} more messages.`));
+    // A prerequisite sync: the messages, of any process, that waited for its key.
+    const unblocks = tr.unblocks || [];
+    if (unblocks.length) {
+      const byProcess = new Map();
+      for (const m of unblocks) byProcess.set(m.process_id, (byProcess.get(m.process_id) || 0) + 1);
+      rows.push(h('div', { class: 'unblocks' },
+        h('h3', null, `Unblocked ${fmtN(unblocks.length)} waiting message${unblocks.length === 1 ? '' : 's'}`),
+        h('ul', null, [...byProcess].slice(0, 50).map(([pid, n]) => h('li', null,
+          h('a', { href: `#/processes/${encodeURIComponent(pid)}` }, `process …${pid.slice(-12)}`), ` — ${fmtN(n)} message${n === 1 ? '' : 's'}`)))));
+    }
     return h('div', { class: 'timeline' }, rows);
   }
 
