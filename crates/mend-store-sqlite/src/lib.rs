@@ -18,11 +18,10 @@ use indexmap::IndexMap;
 use mend_core::ids::{MessageId, ProcessId};
 use mend_core::message::Message;
 use mend_store::{
-    Applied, ClaimRequest, Completion, Disposition, Heatmap, MessageCounts, MessageStore,
-    NewMessage, NewProcess, OpsStore, ParkStore, ParkedKey, ProcessFilter, ProcessReport,
-    ProcessState, ProcessStore, ProcessSummary, Release, Released, Result, ScheduleStore,
-    StoreError, StoreStatus, TopologyStore, Trace, TrashAction, TrashDetail, TrashEntry,
-    TrashFilter, TrashStore,
+    Applied, ClaimRequest, Completion, Disposition, Heatmap, MessageStore, NewMessage, NewProcess,
+    OpsStore, ParkStore, ParkedKey, ProcessFilter, ProcessReport, ProcessStore, ProcessSummary,
+    Release, Released, Result, ScheduleStore, StoreError, StoreStatus, TopologyStore, Trace,
+    TrashAction, TrashDetail, TrashEntry, TrashFilter, TrashStore,
 };
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use tokio::sync::Notify;
@@ -475,50 +474,39 @@ fn count(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<u64> {
 }
 
 fn report(conn: &Connection, id: ProcessId) -> Result<Option<ProcessReport>> {
+    let sql = format!(
+        "SELECT {}, version, release_key FROM processes WHERE id = ?1",
+        ops::SUMMARY
+    );
     let row = conn
-        .query_row(
-            "SELECT topology, version, event, state, parent_process_id, created_at, finished_at,
-                    total, open, done, filtered, trash, parked, release_key, rejected
-             FROM processes WHERE id = ?1",
-            params![id.to_string()],
-            |r| {
-                Ok(ProcessReport {
-                    id,
-                    topology: r.get(0)?,
-                    version: r.get(1)?,
-                    event: r.get(2)?,
-                    state: if r.get::<_, String>(3)? == "done" {
-                        ProcessState::Done
-                    } else {
-                        ProcessState::Running
-                    },
-                    // Parsed below: ids are text in the store.
-                    parent_process_id: None,
-                    created_at: r.get(5)?,
-                    finished_at: r.get(6)?,
-                    messages: MessageCounts {
-                        total: count(r, 7)?,
-                        open: count(r, 8)?,
-                        done: count(r, 9)?,
-                        filtered: count(r, 10)?,
-                        trash: count(r, 11)?,
-                        parked: count(r, 12)?,
-                        rejected: count(r, 14)?,
-                    },
-                    nodes: IndexMap::new(),
-                    trash: Vec::new(),
-                    children: Vec::new(),
-                    release_key: r.get(13)?,
-                })
-                .map(|report| (report, r.get::<_, Option<String>>(4)))
-            },
-        )
+        .query_row(&sql, params![id.to_string()], |r| {
+            Ok((
+                ops::summary(r)?,
+                r.get::<_, String>(14)?,
+                r.get::<_, Option<String>>(15)?,
+            ))
+        })
         .optional()
         .map_err(backend)?;
-    let Some((mut report, parent)) = row else {
+    let Some((summary, version, release_key)) = row else {
         return Ok(None);
     };
-    report.parent_process_id = parent.map_err(backend)?.map(|p| parse_id(&p)).transpose()?;
+    let s = ops::finish_summary(summary)?;
+    let mut report = ProcessReport {
+        id,
+        topology: s.topology,
+        version,
+        event: s.event,
+        state: s.state,
+        parent_process_id: s.parent_process_id,
+        created_at: s.created_at,
+        finished_at: s.finished_at,
+        messages: s.messages,
+        nodes: IndexMap::new(),
+        trash: Vec::new(),
+        children: Vec::new(),
+        release_key,
+    };
     let mut nodes: IndexMap<String, IndexMap<String, u64>> = IndexMap::new();
     let mut st = conn
         .prepare_cached(

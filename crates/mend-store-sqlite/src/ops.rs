@@ -14,10 +14,16 @@ use serde_json::Value;
 
 use crate::{backend, corrupt, count, finish_if_done, park, parse_id, trash};
 
-const SUMMARY: &str = "id, topology, event, state, parent_process_id, created_at, finished_at,
+/// The columns `summary` reads, in its order.
+pub(crate) const SUMMARY: &str =
+    "id, topology, event, state, parent_process_id, created_at, finished_at,
                        total, open, done, filtered, trash, parked, rejected";
 
-fn summary(r: &rusqlite::Row<'_>) -> rusqlite::Result<(ProcessSummary, String, Option<String>)> {
+/// A process row (the `SUMMARY` columns first) as a summary; ids are parsed by
+/// `finish_summary`, outside the row callback.
+pub(crate) fn summary(
+    r: &rusqlite::Row<'_>,
+) -> rusqlite::Result<(ProcessSummary, String, Option<String>)> {
     let id: String = r.get(0)?;
     let parent: Option<String> = r.get(4)?;
     Ok((
@@ -48,7 +54,7 @@ fn summary(r: &rusqlite::Row<'_>) -> rusqlite::Result<(ProcessSummary, String, O
     ))
 }
 
-fn finish_summary(
+pub(crate) fn finish_summary(
     (mut s, id, parent): (ProcessSummary, String, Option<String>),
 ) -> Result<ProcessSummary> {
     s.id = parse_id(&id)?;
