@@ -68,6 +68,27 @@ pub(crate) fn bad_id(e: &PathRejection) -> Response {
     )
 }
 
+/// The answer to `GET /{what}s/{id}`: the record, 404 when there is none, 400 for an id that
+/// is not a whole number. `find` looks the id up.
+pub(crate) fn by_id<T: Serialize>(
+    what: &str,
+    id: Result<axum::extract::Path<u64>, PathRejection>,
+    find: impl FnOnce(u64) -> Option<T>,
+) -> Response {
+    let id = match id {
+        Ok(axum::extract::Path(id)) => id,
+        Err(e) => return bad_id(&e),
+    };
+    match find(id) {
+        Some(record) => Json(record).into_response(),
+        None => error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("{what} {id} does not exist"),
+        ),
+    }
+}
+
 /// The fallback of both routers.
 pub(crate) async fn not_found() -> Response {
     error(StatusCode::NOT_FOUND, "not_found", "no such route")

@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::data::Dataset;
-use crate::gate::{Gate, bad_id, error, method_not_allowed, not_found};
+use crate::gate::{Gate, by_id, error, method_not_allowed, not_found};
 use crate::options::SimOptions;
 
 /// Page size when the client gives none.
@@ -139,36 +139,14 @@ async fn get_category(
     State(source): State<Source>,
     id: Result<Path<u64>, PathRejection>,
 ) -> Response {
-    let id = match id {
-        Ok(Path(id)) => id,
-        Err(e) => return bad_id(&e),
-    };
-    match source.data.category(id) {
-        Some(category) => Json(category).into_response(),
-        None => error(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("category {id} does not exist"),
-        ),
-    }
+    by_id("category", id, |id| source.data.category(id))
 }
 
 async fn get_product(
     State(source): State<Source>,
     id: Result<Path<u64>, PathRejection>,
 ) -> Response {
-    let id = match id {
-        Ok(Path(id)) => id,
-        Err(e) => return bad_id(&e),
-    };
-    match source.data.product(id) {
-        Some(product) => Json(product).into_response(),
-        None => error(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("product {id} does not exist"),
-        ),
-    }
+    by_id("product", id, |id| source.data.product(id))
 }
 
 async fn stats(State(source): State<Source>) -> Response {

@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::data::{Category, Dataset, Product};
-use crate::gate::{Counts, Gate, Rejection, bad_id, error, lock, method_not_allowed, not_found};
+use crate::gate::{Counts, Gate, Rejection, bad_id, by_id, lock, method_not_allowed, not_found};
 use crate::options::SimOptions;
 
 /// The target marketplace's router, seeded from `data`, behind the misbehaviour of
@@ -124,38 +124,18 @@ async fn get_category(
     State(target): State<Target>,
     id: Result<Path<u64>, PathRejection>,
 ) -> Response {
-    let id = match id {
-        Ok(Path(id)) => id,
-        Err(e) => return bad_id(&e),
-    };
-    let found = lock(&target.held).categories.get(&id).cloned();
-    match found {
-        Some(category) => Json(category).into_response(),
-        None => error(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("category {id} does not exist"),
-        ),
-    }
+    by_id("category", id, |id| {
+        lock(&target.held).categories.get(&id).cloned()
+    })
 }
 
 async fn get_product(
     State(target): State<Target>,
     id: Result<Path<u64>, PathRejection>,
 ) -> Response {
-    let id = match id {
-        Ok(Path(id)) => id,
-        Err(e) => return bad_id(&e),
-    };
-    let found = lock(&target.held).products.get(&id).cloned();
-    match found {
-        Some(product) => Json(product).into_response(),
-        None => error(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("product {id} does not exist"),
-        ),
-    }
+    by_id("product", id, |id| {
+        lock(&target.held).products.get(&id).cloned()
+    })
 }
 
 async fn post_category(State(target): State<Target>, body: Bytes) -> Result<Response, Rejection> {
