@@ -3,12 +3,10 @@
 //! exactly once in the store (the HTTP target may see a repeat: delivery is at-least-once, and
 //! the idempotency key lets it drop one).
 
+mod common;
+
 use std::collections::HashMap;
-use std::fs::File;
-use std::io::Read as _;
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -17,8 +15,10 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
-use rusqlite::{Connection, OpenFlags, params};
+use rusqlite::{Connection, params};
 use serde_json::{Value, json};
+
+use common::{Mend, TIMEOUT, free_port, get_json, open_store, wait_healthy};
 
 /// Items in the run: one HTTP delivery each.
 const ITEMS: i64 = 2_500;
@@ -26,8 +26,6 @@ const ITEMS: i64 = 2_500;
 const KILL_AFTER: i64 = 300;
 /// Latency of the test HTTP server per request, so the run lasts long enough to be killed.
 const LATENCY: Duration = Duration::from_millis(3);
-/// Guards against hangs only; not a speed assertion.
-const TIMEOUT: Duration = Duration::from_secs(120);
 const POLL: Duration = Duration::from_millis(100);
 /// The node names of the topology below.
 const SPLIT_NODE: &str = "items";
@@ -72,74 +70,6 @@ async fn receive_item(State(seen): State<Shared>, headers: HeaderMap, body: Byte
     }
 }
 
-/// A `mend serve` child, killed when dropped (also when the test panics). Its stderr goes to a
-/// log file, whose end is printed if the test fails.
-struct Mend {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Mend {
-    fn start(dir: &Path, port: u16, log_name: &str) -> Mend {
-        let log = dir.join(log_name);
-        let stderr = File::create(&log).expect("create the mend log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_mend"))
-            .arg("--store")
-            .arg(dir.join("mend.db"))
-            .arg("--topologies")
-            .arg(dir.join("topologies"))
-            .args(["serve", "--listen"])
-            .arg(format!("127.0.0.1:{port}"))
-            .args(["--lease", "1s", "--workers", "16"])
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .expect("start mend serve");
-        Mend { child, log }
-    }
-
-    /// SIGKILL on Unix: no shutdown path runs, as in a crash.
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    fn assert_running(&mut self) {
-        if let Ok(Some(status)) = self.child.try_wait() {
-            panic!(
-                "mend serve exited early with {status}; its log:\n{}",
-                tail(&self.log)
-            );
-        }
-    }
-}
-
-impl Drop for Mend {
-    fn drop(&mut self) {
-        self.kill();
-        if std::thread::panicking() {
-            eprintln!("--- end of {} ---\n{}", self.log.display(), tail(&self.log));
-        }
-    }
-}
-
-fn tail(path: &Path) -> String {
-    let mut text = String::new();
-    if let Ok(mut f) = File::open(path) {
-        let _ = f.read_to_string(&mut text);
-    }
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(40)..].join("\n")
-}
-
-fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    l.local_addr().unwrap().port()
-}
-
 fn topology(target: &str) -> String {
     format!(
         r#"name: crash
@@ -168,14 +98,6 @@ nodes:
     )
 }
 
-/// A read-only connection to the store, as a second reader beside a running mend.
-fn open_store(path: &Path) -> Connection {
-    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .expect("open the store read-only");
-    conn.busy_timeout(Duration::from_secs(10)).unwrap();
-    conn
-}
-
 fn count(conn: &Connection, sql: &str, process: &str) -> i64 {
     conn.query_row(sql, params![process], |r| r.get(0))
         .unwrap_or_else(|e| panic!("query failed: {e}\n{sql}"))
@@ -188,37 +110,6 @@ fn done_at(conn: &Connection, process: &str, node: &str) -> i64 {
         |r| r.get(0),
     )
     .unwrap()
-}
-
-/// GETs `url` and parses the JSON answer; `None` while the server is not answering.
-fn get_json(rt: &tokio::runtime::Runtime, client: &reqwest::Client, url: &str) -> Option<Value> {
-    rt.block_on(async {
-        let resp = client.get(url).send().await.ok()?;
-        if !resp.status().is_success() {
-            return None;
-        }
-        serde_json::from_slice(&resp.bytes().await.ok()?).ok()
-    })
-}
-
-fn wait_healthy(
-    rt: &tokio::runtime::Runtime,
-    client: &reqwest::Client,
-    base: &str,
-    mend: &mut Mend,
-) {
-    let start = Instant::now();
-    loop {
-        mend.assert_running();
-        if get_json(rt, client, &format!("{base}/health")).is_some() {
-            return;
-        }
-        assert!(
-            start.elapsed() < TIMEOUT,
-            "mend serve did not answer /health within {TIMEOUT:?}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 #[test]
@@ -264,7 +155,7 @@ fn a_killed_server_finishes_the_run_after_a_restart_with_every_step_applied_once
         .unwrap();
 
     // First run: start the process, let it deliver some items, then kill it.
-    let mut first = Mend::start(dir.path(), port, "serve-1.log");
+    let mut first = Mend::start(dir.path(), port, "serve-1.log", &["--workers", "16"]);
     wait_healthy(&rt, &client, &base, &mut first);
     let items: Vec<Value> = (0..ITEMS).map(|n| json!({ "n": n })).collect();
     let body = json!({ "items": items }).to_string();
@@ -328,7 +219,7 @@ fn a_killed_server_finishes_the_run_after_a_restart_with_every_step_applied_once
 
     // Second run on the same store: the dead engine's claims come back after their lease.
     let restart = Instant::now();
-    let mut second = Mend::start(dir.path(), port, "serve-2.log");
+    let mut second = Mend::start(dir.path(), port, "serve-2.log", &["--workers", "16"]);
     wait_healthy(&rt, &client, &base, &mut second);
     let report = loop {
         second.assert_running();

@@ -4,12 +4,12 @@
 //! messages released by its clean end after the restart, every product pushed once in the
 //! store, and counters that add up.
 
+mod common;
+
 use std::collections::HashSet;
-use std::fs::File;
-use std::io::Read as _;
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+
+use std::path::Path;
+
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -23,14 +23,14 @@ use axum::routing::{get, post};
 use rusqlite::{Connection, OpenFlags, params};
 use serde_json::{Value, json};
 
+use common::{Mend, TIMEOUT, free_port, get_json, open_store, wait_healthy};
+
 /// Products in the run, all in one category the target lacks.
 const PRODUCTS: u64 = 1_500;
 const CATEGORY: u64 = 9;
 const KEY: &str = "category:9";
 /// Parked messages in the store before the kill.
 const KILL_AT_PARKED: i64 = 1_000;
-/// Guards against hangs only; not a speed assertion.
-const TIMEOUT: Duration = Duration::from_secs(120);
 const POLL: Duration = Duration::from_millis(50);
 /// The node products are pushed at.
 const PUSH: &str = "push";
@@ -142,82 +142,6 @@ nodes:
     )
 }
 
-/// A `mend serve` child, killed when dropped (also when the test panics). Its stderr goes to a
-/// log file, whose end is printed if the test fails.
-struct Mend {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Mend {
-    fn start(dir: &Path, port: u16, log_name: &str) -> Mend {
-        let log = dir.join(log_name);
-        let stderr = File::create(&log).expect("create the mend log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_mend"))
-            .arg("--store")
-            .arg(dir.join("mend.db"))
-            .arg("--topologies")
-            .arg(dir.join("topologies"))
-            .args(["serve", "--listen"])
-            .arg(format!("127.0.0.1:{port}"))
-            .args(["--lease", "1s"])
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .expect("start mend serve");
-        Mend { child, log }
-    }
-
-    /// SIGKILL on Unix: no shutdown path runs, as in a crash.
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    fn assert_running(&mut self) {
-        if let Ok(Some(status)) = self.child.try_wait() {
-            panic!(
-                "mend serve exited early with {status}; its log:\n{}",
-                tail(&self.log)
-            );
-        }
-    }
-}
-
-impl Drop for Mend {
-    fn drop(&mut self) {
-        self.kill();
-        if std::thread::panicking() {
-            eprintln!("--- end of {} ---\n{}", self.log.display(), tail(&self.log));
-        }
-    }
-}
-
-fn tail(path: &Path) -> String {
-    let mut text = String::new();
-    if let Ok(mut f) = File::open(path) {
-        let _ = f.read_to_string(&mut text);
-    }
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(40)..].join("\n")
-}
-
-fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    l.local_addr().unwrap().port()
-}
-
-/// A read-only connection to the store, as a second reader beside a running mend.
-fn open_store(path: &Path) -> Connection {
-    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .expect("open the store read-only");
-    conn.busy_timeout(Duration::from_secs(10)).unwrap();
-    conn
-}
-
 fn scalar(conn: &Connection, sql: &str, args: impl rusqlite::Params) -> i64 {
     conn.query_row(sql, args, |r| r.get(0))
         .unwrap_or_else(|e| panic!("query failed: {e}\n{sql}"))
@@ -235,37 +159,6 @@ fn parked_now(path: &Path) -> i64 {
             )
         })
         .unwrap_or(0)
-}
-
-/// GETs `url` and parses the JSON answer; `None` while the server is not answering.
-fn get_json(rt: &tokio::runtime::Runtime, client: &reqwest::Client, url: &str) -> Option<Value> {
-    rt.block_on(async {
-        let resp = client.get(url).send().await.ok()?;
-        if !resp.status().is_success() {
-            return None;
-        }
-        serde_json::from_slice(&resp.bytes().await.ok()?).ok()
-    })
-}
-
-fn wait_healthy(
-    rt: &tokio::runtime::Runtime,
-    client: &reqwest::Client,
-    base: &str,
-    mend: &mut Mend,
-) {
-    let start = Instant::now();
-    loop {
-        mend.assert_running();
-        if get_json(rt, client, &format!("{base}/health")).is_some() {
-            return;
-        }
-        assert!(
-            start.elapsed() < TIMEOUT,
-            "mend serve did not answer /health within {TIMEOUT:?}"
-        );
-        std::thread::sleep(POLL);
-    }
 }
 
 /// (state, total, open, parked, done, filtered, trash) of a process row.
@@ -340,7 +233,7 @@ fn a_server_killed_while_messages_are_parked_releases_them_after_a_restart() {
         .unwrap();
 
     // First run: the products park behind the category's sync, whose request the target holds.
-    let mut first = Mend::start(dir.path(), port, "serve-1.log");
+    let mut first = Mend::start(dir.path(), port, "serve-1.log", &[]);
     wait_healthy(&rt, &client, &base, &mut first);
     let products: Vec<Value> = (1..=PRODUCTS)
         .map(|id| json!({ "id": id, "category_id": CATEGORY }))
@@ -426,7 +319,7 @@ fn a_server_killed_while_messages_are_parked_releases_them_after_a_restart() {
 
     // Second run on the same store: the sync's step comes back after its lease and asks again.
     let restart = Instant::now();
-    let mut second = Mend::start(dir.path(), port, "serve-2.log");
+    let mut second = Mend::start(dir.path(), port, "serve-2.log", &[]);
     wait_healthy(&rt, &client, &base, &mut second);
     let posts_before = target.category_posts.load(Ordering::SeqCst);
     loop {
